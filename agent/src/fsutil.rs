@@ -1,0 +1,142 @@
+//! Small file helpers: random-access reading for the RDC core, and atomic
+//! writes (temporary file, fsync, rename) so a crash never leaves a partial
+//! file under the final name.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use peerdelta_protocol::rdc::ReadAt;
+
+/// A file opened for [`ReadAt`], with its length fixed at open time.
+pub struct FileSource {
+    file: File,
+    len: u64,
+    path: PathBuf,
+}
+
+impl FileSource {
+    /// Opens `path` for reading; fails if it is not a regular file.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading metadata of {}", path.display()))?;
+        if !meta.is_file() {
+            anyhow::bail!("{} is not a regular file", path.display());
+        }
+        Ok(FileSource {
+            file,
+            len: meta.len(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl ReadAt for FileSource {
+    type Error = io::Error;
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    e.kind(),
+                    format!("{} shrank while it was being read", self.path.display()),
+                )
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// Writes a file atomically: a temporary file beside it, fsynced, then
+/// renamed over `path`, then the directory fsynced.
+pub struct AtomicFile {
+    file: Option<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    /// Starts writing `path`.
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} has no file name", path.display()))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(AtomicFile {
+            file: Some(file),
+            tmp,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Flushes, fsyncs and renames into place.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        let file = self.file.take().context("file already committed")?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", self.tmp.display()))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.path.display())
+        })?;
+        sync_dir(&parent_dir(&self.path))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("file already committed")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.commit()
+}
+
+/// The directory containing `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// fsyncs a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    let d = File::open(dir).with_context(|| format!("opening directory {}", dir.display()))?;
+    d.sync_all()
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}

@@ -1,0 +1,205 @@
+//! Signing one large input on several threads with output identical to the
+//! sequential chunker.
+//!
+//! The input is cut into pieces. Whether a position is a local maximum depends
+//! only on the `h + w - 1` bytes before it and the `h` after, so the worker of
+//! piece `k` starts that far before the piece and finds exactly the true local
+//! maxima from the piece start on. It synchronises on the first one (`s_k`) and
+//! emits chunks from there until the first local maximum at or after the next
+//! piece's start, which is by definition `s_{k+1}`, where the next worker took
+//! over. Forced cuts depend on the previous cut, which each worker knows from
+//! its synchronisation point on. A piece with no local maximum at all only
+//! makes its neighbour work longer; the result is still exact.
+//!
+//! Workers read through [`ReadAt`], so this module does no I/O of its own and
+//! memory stays bounded: one read buffer per worker and the chunk lists of the
+//! pieces in flight.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, mpsc};
+
+use super::chunker::{Chunk, ChunkEnd, Chunker};
+use super::filtermax::CutKind;
+use super::params::Params;
+
+/// Random-access input for the parallel signer (a file, a buffer).
+pub trait ReadAt: Sync {
+    /// Read error.
+    type Error: Send;
+    /// Length of the input in bytes.
+    fn len(&self) -> u64;
+    /// True when [`ReadAt::len`] is 0.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` from `offset`; the range is within [`ReadAt::len`].
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Self::Error>;
+}
+
+impl ReadAt for [u8] {
+    type Error = std::convert::Infallible;
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Self::Error> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Read size of each worker.
+const READ_LEN: usize = 1 << 20;
+
+/// Options of [`sign_parallel`].
+#[derive(Debug, Clone, Copy)]
+pub struct ParallelOptions {
+    /// Worker threads (at least 1).
+    pub threads: usize,
+    /// Bytes per piece; each worker takes one piece at a time.
+    pub piece_len: u64,
+}
+
+impl ParallelOptions {
+    /// `threads` workers with the default 8 MiB pieces.
+    pub fn new(threads: usize) -> Self {
+        ParallelOptions {
+            threads: threads.max(1),
+            piece_len: 8 << 20,
+        }
+    }
+
+    /// Sets the piece length (at least 1 byte; small pieces only cost overlap).
+    pub fn with_piece_len(mut self, piece_len: u64) -> Self {
+        self.piece_len = piece_len.max(1);
+        self
+    }
+}
+
+/// Level-1 chunks of `src` in order, computed on `opts.threads` threads;
+/// identical to [`super::Chunker`] on the same bytes.
+pub fn sign_parallel<R: ReadAt + ?Sized>(
+    src: &R,
+    params: Params,
+    opts: ParallelOptions,
+    sink: &mut impl FnMut(&Chunk),
+) -> Result<(), R::Error> {
+    let len = src.len();
+    let pieces = len.div_ceil(opts.piece_len).max(1);
+    if opts.threads <= 1 || pieces <= 1 {
+        let out = sign_piece(src, params, 0, len, len)?;
+        out.iter().for_each(&mut *sink);
+        return Ok(());
+    }
+    let next_piece = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    // Workers may run this many pieces ahead of the one being emitted.
+    let ahead = 2 * opts.threads as u64;
+    let emitted = Mutex::new(0u64);
+    let advanced = Condvar::new();
+    let (tx, rx) = mpsc::sync_channel::<(u64, Result<Vec<Chunk>, R::Error>)>(ahead as usize);
+    std::thread::scope(|scope| {
+        for _ in 0..opts.threads {
+            let tx = tx.clone();
+            let (next_piece, failed, emitted, advanced) =
+                (&next_piece, &failed, &emitted, &advanced);
+            scope.spawn(move || {
+                loop {
+                    let k = next_piece.fetch_add(1, Ordering::Relaxed);
+                    if k >= pieces || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    {
+                        let mut done = emitted.lock().unwrap_or_else(|e| e.into_inner());
+                        while k >= *done + ahead && !failed.load(Ordering::Relaxed) {
+                            done = advanced.wait(done).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let start = k * opts.piece_len;
+                    let end = (start + opts.piece_len).min(len);
+                    let result = sign_piece(src, params, start, end, len);
+                    if tx.send((k, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut ready = BTreeMap::new();
+        let mut want = 0u64;
+        let mut error = None;
+        for (k, result) in rx {
+            ready.insert(k, result);
+            while let Some(result) = ready.remove(&want) {
+                match result {
+                    Ok(chunks) if error.is_none() => chunks.iter().for_each(&mut *sink),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        error.get_or_insert(e);
+                    }
+                }
+                want += 1;
+                *emitted.lock().unwrap_or_else(|e| e.into_inner()) = want;
+                advanced.notify_all();
+            }
+            if error.is_some() {
+                failed.store(true, Ordering::Relaxed);
+                advanced.notify_all();
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Chunks owned by the piece `[start, end)` of an input of `len` bytes: from
+/// its synchronisation point to the first local maximum at or after `end`.
+fn sign_piece<R: ReadAt + ?Sized>(
+    src: &R,
+    params: Params,
+    start: u64,
+    end: u64,
+    len: u64,
+) -> Result<Vec<Chunk>, R::Error> {
+    let margin = u64::from(params.horizon()) + u64::from(params.window()) - 1;
+    let (mut chunker, mut pos) = if start == 0 {
+        (Chunker::new(params), 0)
+    } else {
+        let base = start.saturating_sub(margin);
+        (Chunker::resync(params, base, start), base)
+    };
+    let mut out = Vec::with_capacity(((end - start) / 1024) as usize + 4);
+    let mut done = false;
+    let keep = |c: Chunk, how: ChunkEnd, out: &mut Vec<Chunk>, done: &mut bool| {
+        if *done {
+            return;
+        }
+        if out.is_empty() && start > 0 && c.offset >= end {
+            // Synchronised only past the piece: the previous piece covers it.
+            *done = true;
+            return;
+        }
+        out.push(c);
+        if c.end() >= end && how == ChunkEnd::Cut(CutKind::Max) {
+            *done = true;
+        }
+    };
+    let mut buf = vec![0u8; READ_LEN.min((len - pos) as usize).max(1)];
+    while pos < len && !done {
+        let n = READ_LEN.min((len - pos) as usize);
+        src.read_exact_at(&mut buf[..n], pos)?;
+        chunker.push_inner(&buf[..n], &mut |c, how| keep(c, how, &mut out, &mut done));
+        pos += n as u64;
+    }
+    if !done {
+        chunker.finish_inner(&mut |c, how| keep(c, how, &mut out, &mut done));
+    }
+    Ok(out)
+}
