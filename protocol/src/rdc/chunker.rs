@@ -6,10 +6,9 @@
 //! memory is bounded by the horizon and the block size, never by the input.
 //! The boundaries do not depend on how the input is sliced.
 
-use md4::{Digest, Md4};
-
 use super::filtermax::{Cut, CutFinder, CutKind};
-use super::h3::{H3_TABLE, step};
+use super::kernel::{GROUP, Lanes, Out};
+use super::md4::{self, Md4};
 use super::params::Params;
 
 /// Positions hashed per round; bounds the buffered H3 values.
@@ -65,17 +64,30 @@ pub struct Chunker {
     /// position `buf_start`.
     buf: Vec<u8>,
     buf_start: u64,
-    /// Input bytes received: the next byte's offset.
+    /// Input bytes hashed.
     len: u64,
-    /// A chunk is being built (false only before a resynchronising chunker's first cut).
-    open: bool,
-    /// Start of the chunk being built, and how far its MD4 has been fed.
-    chunk_start: u64,
-    md4_pos: u64,
-    md4: Md4,
+    /// Input bytes received: the next byte's offset. Bytes past `len` wait
+    /// until a round can hash a whole number of groups.
+    received: u64,
+    signer: Signer,
+}
+
+/// The chunk being built. Cuts are found one round after their bytes are
+/// hashed, and the chunk's MD4 catches up one round later still, inside the
+/// next round's hashing loop (see `kernel.rs`).
+struct Signer {
     /// Compute MD4 of each chunk (false: boundaries only, MD4 left zero).
     sign: bool,
-    cuts: Vec<Cut>,
+    /// A chunk is being built (false only before a resynchronising chunker's first cut).
+    open: bool,
+    chunk_start: u64,
+    md4: Md4,
+    /// Bytes before `md4_pos` are in the MD4 state (or skipped before the first cut).
+    md4_pos: u64,
+    /// Bytes before this are decided: no cut will be found below it.
+    md4_target: u64,
+    /// Cuts found and not yet closed, ascending, all `≤ md4_target`.
+    pending: Vec<Cut>,
 }
 
 impl Chunker {
@@ -89,7 +101,7 @@ impl Chunker {
     /// measuring what finding cut points costs next to hashing.
     pub fn boundaries_only(params: Params) -> Self {
         let mut c = Self::new(params);
-        c.sign = false;
+        c.signer.sign = false;
         c
     }
 
@@ -112,18 +124,33 @@ impl Chunker {
             buf: vec![0; window],
             buf_start: base,
             len: base,
-            open,
-            chunk_start: base,
-            md4_pos: base,
-            md4: Md4::new(),
-            sign: true,
-            cuts: Vec::new(),
+            received: base,
+            signer: Signer {
+                sign: true,
+                open,
+                chunk_start: base,
+                md4: Md4::new(),
+                md4_pos: base,
+                md4_target: base,
+                pending: Vec::new(),
+            },
         }
+    }
+
+    /// Whether a cut has been found (false only before a resynchronising
+    /// chunker's first cut; the cut may not have opened a chunk yet).
+    pub(crate) fn has_cut(&self) -> bool {
+        self.signer.open || !self.signer.pending.is_empty()
+    }
+
+    /// Every cut still to come is at or after this offset.
+    pub(crate) fn decided(&self) -> u64 {
+        self.finder.decided()
     }
 
     /// Bytes received so far (offset of the next byte).
     pub fn position(&self) -> u64 {
-        self.len
+        self.received
     }
 
     /// Adds input; calls `sink` for every chunk that became final.
@@ -136,75 +163,146 @@ impl Chunker {
         self.finish_inner(&mut |c, _| sink(c));
     }
 
-    pub(crate) fn push_inner(&mut self, data: &[u8], sink: &mut impl FnMut(Chunk, ChunkEnd)) {
-        for block in data.chunks(BLOCK) {
-            self.buf.extend_from_slice(block);
-            self.hash_new(block.len());
-            self.cuts.clear();
-            self.finder.scan(&mut self.cuts);
-            self.emit_cuts(sink);
-            let decided = self.finder.decided();
-            if self.open {
-                self.feed_md4(decided);
-            } else {
-                // Nothing before the first cut belongs to a chunk we emit.
-                self.md4_pos = self.md4_pos.max(decided);
+    pub(crate) fn push_inner(&mut self, mut data: &[u8], sink: &mut impl FnMut(Chunk, ChunkEnd)) {
+        while !data.is_empty() {
+            let waiting = (self.received - self.len) as usize;
+            let take = data.len().min(BLOCK - waiting);
+            self.buf.extend_from_slice(&data[..take]);
+            self.received += take as u64;
+            data = &data[take..];
+            // Whole groups only, so that every round starts a group.
+            let n = (waiting + take) / GROUP * GROUP;
+            if n > 0 {
+                self.round(n, sink);
             }
-            self.trim();
         }
     }
 
     pub(crate) fn finish_inner(&mut self, sink: &mut impl FnMut(Chunk, ChunkEnd)) {
-        self.cuts.clear();
-        self.finder.finish(&mut self.cuts);
-        self.emit_cuts(sink);
-        if self.open && self.len > self.chunk_start {
-            self.close_chunk(self.len, ChunkEnd::EndOfData, sink);
+        let n = (self.received - self.len) as usize;
+        if n > 0 {
+            self.round(n, sink);
+        }
+        self.finder.finish(&mut self.signer.pending);
+        self.signer.md4_target = self.len;
+        self.signer
+            .drain::<0>(&self.buf, self.buf_start, self.window, None, sink);
+        let s = &mut self.signer;
+        if s.open && self.len > s.chunk_start {
+            s.close(self.len, ChunkEnd::EndOfData, sink);
         }
     }
 
-    /// Computes H3 for the `n` bytes just appended to `buf`.
-    fn hash_new(&mut self, n: usize) {
+    fn round(&mut self, n: usize, sink: &mut impl FnMut(Chunk, ChunkEnd)) {
+        match self.shift {
+            0 => self.round_s::<0>(n, sink),
+            1 => self.round_s::<1>(n, sink),
+            2 => self.round_s::<2>(n, sink),
+            4 => self.round_s::<4>(n, sink),
+            8 => self.round_s::<8>(n, sink),
+            _ => self.round_s::<16>(n, sink),
+        }
+        self.trim();
+    }
+
+    /// Hashes the `n` bytes just appended to `buf` (with the MD4 of the decided
+    /// bytes interleaved), then scans them for cuts.
+    fn round_s<const S: u32>(&mut self, n: usize, sink: &mut impl FnMut(Chunk, ChunkEnd)) {
+        debug_assert_eq!(S, self.shift);
         let w = self.window;
         let first = (self.len + w as u64 - self.buf_start) as usize;
         let bytes = &self.buf[first - w..first + n];
-        let out = self.finder.slots(n);
-        self.hash = hash_block(bytes, w, self.shift, self.hash, out);
+        let mut out = self.finder.slots(n);
+        let mut lanes = Lanes::new::<S>(bytes, w, n, self.hash);
+        self.signer.drain::<S>(
+            &self.buf,
+            self.buf_start,
+            w,
+            Some((&mut lanes, bytes, &mut out)),
+            sink,
+        );
+        self.hash = lanes.finish::<S>(bytes, &mut out);
         self.len += n as u64;
+        self.finder.scan(&mut self.signer.pending);
+        self.signer.md4_target = self.finder.decided();
     }
 
-    fn emit_cuts(&mut self, sink: &mut impl FnMut(Chunk, ChunkEnd)) {
-        let cuts = std::mem::take(&mut self.cuts);
-        for cut in &cuts {
-            if self.open {
-                self.close_chunk(cut.pos, ChunkEnd::Cut(cut.kind), sink);
-            } else {
-                self.open = true;
-                self.chunk_start = cut.pos;
-                self.md4_pos = cut.pos;
+    /// Drops buffered bytes that neither the hash window nor the chunk needs.
+    fn trim(&mut self) {
+        let w = self.window as u64;
+        let keep_from = self.len.min(self.signer.md4_pos + w);
+        if keep_from > self.buf_start {
+            let drop = (keep_from - self.buf_start) as usize;
+            self.buf.drain(..drop);
+            self.buf_start = keep_from;
+        }
+    }
+}
+
+/// A lane hasher with the bytes it reads and the slots it writes.
+type LaneJob<'a, 'b> = (&'a mut Lanes, &'a [u8], &'a mut Out<'b>);
+
+impl Signer {
+    /// Feeds the MD4 every decided byte, closing a chunk at each pending cut.
+    /// Full MD4 blocks go through the lane hasher when one is given.
+    fn drain<const S: u32>(
+        &mut self,
+        buf: &[u8],
+        buf_start: u64,
+        w: usize,
+        mut lanes: Option<LaneJob<'_, '_>>,
+        sink: &mut impl FnMut(Chunk, ChunkEnd),
+    ) {
+        let at = |pos: u64| (pos + w as u64 - buf_start) as usize;
+        let mut next_cut = 0;
+        while self.md4_pos < self.md4_target || next_cut < self.pending.len() {
+            let cut = self.pending.get(next_cut).copied();
+            let end = cut.map_or(self.md4_target, |c| c.pos);
+            if !self.open {
+                // Before a resynchronising chunker's first cut: skip to it.
+                self.md4_pos = end;
+                if cut.is_some() {
+                    self.open = true;
+                    self.chunk_start = end;
+                    next_cut += 1;
+                }
+                continue;
+            }
+            if self.sign && end > self.md4_pos {
+                let rest = self.md4.fill(&buf[at(self.md4_pos)..at(end)]);
+                let mut blocks = rest.chunks_exact(64);
+                let count = blocks.len();
+                for block in &mut blocks {
+                    let block: &[u8; 64] = block.try_into().expect("chunks_exact(64)");
+                    match lanes.as_mut() {
+                        Some((l, bytes, out)) if l.has_step() => {
+                            l.step_md4::<S>(bytes, out, &mut self.md4.state, block)
+                        }
+                        _ => md4::compress(&mut self.md4.state, block),
+                    }
+                }
+                self.md4.account_blocks(count);
+                self.md4.stash(blocks.remainder());
+            }
+            self.md4_pos = end;
+            if let Some(c) = cut {
+                self.close(c.pos, ChunkEnd::Cut(c.kind), sink);
+                next_cut += 1;
             }
         }
-        self.cuts = cuts;
+        self.pending.clear();
     }
 
-    fn feed_md4(&mut self, upto: u64) {
-        if !self.sign {
-            self.md4_pos = self.md4_pos.max(upto);
-        } else if upto > self.md4_pos {
-            let (from, buf_start, w) = (self.md4_pos, self.buf_start, self.window as u64);
-            let a = (from + w - buf_start) as usize;
-            let b = (upto + w - buf_start) as usize;
-            self.md4.update(&self.buf[a..b]);
-            self.md4_pos = upto;
+    /// Ends the chunk at `end` (all its bytes are in the MD4) and starts the next.
+    fn close(&mut self, end: u64, how: ChunkEnd, sink: &mut impl FnMut(Chunk, ChunkEnd)) {
+        if self.sign && self.md4_pos < end {
+            debug_assert!(false, "closing a chunk before its bytes were hashed");
         }
-    }
-
-    fn close_chunk(&mut self, end: u64, how: ChunkEnd, sink: &mut impl FnMut(Chunk, ChunkEnd)) {
-        self.feed_md4(end);
-        let mut md4 = [0u8; 16];
-        if self.sign {
-            md4.copy_from_slice(&self.md4.finalize_reset());
-        }
+        let md4 = if self.sign {
+            self.md4.finalize_reset()
+        } else {
+            [0; 16]
+        };
         let len = end - self.chunk_start;
         debug_assert!(
             (1..=u64::from(u16::MAX)).contains(&len),
@@ -220,87 +318,32 @@ impl Chunker {
         );
         self.chunk_start = end;
     }
+}
 
-    /// Drops buffered bytes that neither the hash window nor an open chunk needs.
-    fn trim(&mut self) {
-        let w = self.window as u64;
-        let keep_from = self.len.min(self.md4_pos + w);
-        if keep_from > self.buf_start {
-            let drop = (keep_from - self.buf_start) as usize;
-            self.buf.drain(..drop);
-            self.buf_start = keep_from;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_and_plain_md4_agree() {
+        // Inputs long enough for lanes and MD4 blocks in the same round.
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for params in [
+            Params::LEVEL1,
+            Params::LEVEL_N,
+            Params::new(16, 512).expect("valid"),
+        ] {
+            let mut got = Vec::new();
+            let mut c = Chunker::new(params);
+            c.push(&data, &mut |x| got.push(x));
+            c.finish(&mut |x| got.push(x));
+            for chunk in &got {
+                let bytes = &data[chunk.offset as usize..chunk.end() as usize];
+                let want: [u8; 16] = <::md4::Md4 as ::md4::Digest>::digest(bytes).into();
+                assert_eq!(chunk.md4, want, "{params:?} chunk at {}", chunk.offset);
+            }
         }
     }
-}
-
-/// H3 over `bytes[w..]`, where `bytes[..w]` are the `w` bytes before them (the
-/// ones leaving the window); `hash` is the H3 after `bytes[w-1]`. Writes one
-/// value per new byte to `out` and returns the last.
-///
-/// Long inputs are split into four lanes hashed in one loop: H3 of a position
-/// depends only on the `w` bytes ending there, so a lane starts from 0 and
-/// warms up over the `w` bytes before it, removing virtual zeros (§1.3). The
-/// four independent dependency chains keep the CPU busy.
-pub(crate) fn hash_block(bytes: &[u8], w: usize, shift: u32, hash: u32, out: &mut [u32]) -> u32 {
-    match shift {
-        0 => hash_block_s::<0>(bytes, w, hash, out),
-        1 => hash_block_s::<1>(bytes, w, hash, out),
-        2 => hash_block_s::<2>(bytes, w, hash, out),
-        4 => hash_block_s::<4>(bytes, w, hash, out),
-        8 => hash_block_s::<8>(bytes, w, hash, out),
-        16 => hash_block_s::<16>(bytes, w, hash, out),
-        s => hash_serial(bytes, w, s, hash, out),
-    }
-}
-
-fn hash_serial(bytes: &[u8], w: usize, shift: u32, mut hash: u32, out: &mut [u32]) -> u32 {
-    let n = out.len();
-    for ((&leaving, &entering), slot) in bytes[..n].iter().zip(&bytes[w..w + n]).zip(out.iter_mut())
-    {
-        hash = step(hash, leaving, entering, shift);
-        *slot = hash;
-    }
-    hash
-}
-
-#[inline(always)]
-fn lane_start<const S: u32>(before: &[u8]) -> u32 {
-    let mut hash = 0;
-    for &b in before {
-        hash = (hash ^ (H3_TABLE[0] ^ H3_TABLE[usize::from(b)])).rotate_left(S);
-    }
-    hash
-}
-
-fn hash_block_s<const S: u32>(bytes: &[u8], w: usize, hash: u32, out: &mut [u32]) -> u32 {
-    let n = out.len();
-    debug_assert_eq!(bytes.len(), n + w);
-    if n < 4 * (w + 64) {
-        return hash_serial(bytes, w, S, hash, out);
-    }
-    let q = n / 4;
-    let (o0, rest) = out.split_at_mut(q);
-    let (o1, rest) = rest.split_at_mut(q);
-    let (o2, rest) = rest.split_at_mut(q);
-    let (o3, tail) = rest.split_at_mut(q);
-    let mut h0 = hash;
-    let mut h1 = lane_start::<S>(&bytes[q..q + w]);
-    let mut h2 = lane_start::<S>(&bytes[2 * q..2 * q + w]);
-    let mut h3 = lane_start::<S>(&bytes[3 * q..3 * q + w]);
-    let (l0, e0) = (&bytes[..q], &bytes[w..w + q]);
-    let (l1, e1) = (&bytes[q..2 * q], &bytes[q + w..2 * q + w]);
-    let (l2, e2) = (&bytes[2 * q..3 * q], &bytes[2 * q + w..3 * q + w]);
-    let (l3, e3) = (&bytes[3 * q..4 * q], &bytes[3 * q + w..4 * q + w]);
-    let t = &H3_TABLE;
-    for k in 0..q {
-        h0 = (h0 ^ (t[usize::from(l0[k])] ^ t[usize::from(e0[k])])).rotate_left(S);
-        h1 = (h1 ^ (t[usize::from(l1[k])] ^ t[usize::from(e1[k])])).rotate_left(S);
-        h2 = (h2 ^ (t[usize::from(l2[k])] ^ t[usize::from(e2[k])])).rotate_left(S);
-        h3 = (h3 ^ (t[usize::from(l3[k])] ^ t[usize::from(e3[k])])).rotate_left(S);
-        o0[k] = h0;
-        o1[k] = h1;
-        o2[k] = h2;
-        o3[k] = h3;
-    }
-    hash_serial(&bytes[4 * q..], w, S, h3, tail)
 }

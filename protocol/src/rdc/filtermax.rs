@@ -7,19 +7,19 @@
 //!
 //! # How it stays cheap
 //!
-//! The finder keeps the maximum of the left window `[i-h, i-1]` (its last
-//! occurrence) and at most one *pending* candidate: a position that beat its
-//! left window and has not been beaten since. Two candidates can never be within
-//! `h` of each other, so one is enough, and a pending candidate is always the
-//! window maximum. A position below the window maximum changes nothing, so the
-//! scan jumps from one "value ≥ window maximum" to the next with a vectorisable
-//! search, stopping only at *events*: the window maximum leaving the window (the
-//! pending candidate is then decided, and the window is rescanned) and a forced
-//! cut falling due.
+//! The positions are cut into *blocks* of at most `h + 1` positions. Every
+//! position of a block is within `h` of every other, so a local maximum is the
+//! unique maximum of its block: each block has at most one candidate. A
+//! candidate is checked against the maxima of `[p-h, p-1]` and `[p+1, p+h]`.
+//! Both questions are answered from the maximum of every group of 16 values,
+//! which the hashing kernel writes as it goes (`kernel.rs`), so the finder reads
+//! about one value in 16 and a few whole groups per block, with no per-position
+//! branches. (An earlier version tracked the sliding window maximum and paid
+//! for an unpredictable branch at every new maximum; it was 3x slower.)
 //!
-//! Decisions lag the input by `h + 1` positions: a cut at `c` is known once
-//! `H[c + h]` has been seen. A forced cut at `f` is known once every position
-//! below `f` is decided, i.e. after `H[f + h - 1]`.
+//! A block is decided once `h` positions past it have arrived, so cuts are
+//! known at most `h + block` positions after them. A forced cut at `f` is
+//! emitted once every block below `f` is decided.
 //!
 //! # Resynchronisation
 //!
@@ -29,8 +29,7 @@
 //! nothing before its first local maximum, and enables forced cuts only after
 //! it, because forced cuts depend on where the previous chunk started.
 
-use std::collections::VecDeque;
-
+use super::kernel::{GROUP, Out};
 use super::params::{EndRule, MAX_CHUNK_LEN, Params, StartRule};
 
 /// How a chunk boundary came about.
@@ -49,8 +48,13 @@ pub(crate) struct Cut {
     pub kind: CutKind,
 }
 
+const MAX_CHUNK: u64 = MAX_CHUNK_LEN as u64;
+
+/// Largest block; beyond this, bigger blocks save little and cost buffer.
+const MAX_BLOCK: u64 = 4096;
+
 /// Streaming FilterMax cut finder. Feed H3 values with [`CutFinder::slots`] and
-/// [`CutFinder::scan`], then call [`CutFinder::finish`] once with the length.
+/// [`CutFinder::scan`], then call [`CutFinder::finish`] once.
 pub(crate) struct CutFinder {
     horizon: u64,
     end_rule: EndRule,
@@ -61,98 +65,104 @@ pub(crate) struct CutFinder {
     /// Forced cuts are enabled (always, except before the first cut when resynchronising).
     synced: bool,
     last_cut: u64,
-    pending: Option<u64>,
-    have_wmax: bool,
-    /// Maximum of the left window (last occurrence): a cached copy of the
-    /// front of `stairs`, for the hot loop.
-    wmax_pos: u64,
-    wmax_val: u32,
-    /// Right-to-left running maxima of the positions `[.., stairs_end)`:
-    /// positions ascending, values strictly descending. The front is the
-    /// window maximum; the rest are the maxima that take over as it expires.
-    stairs: VecDeque<(u64, u32)>,
-    stairs_end: u64,
-    /// Scratch for [`CutFinder::rescan`].
-    records: Vec<(u64, u32)>,
+    /// Positions per block: at most `h + 1`, a multiple of [`GROUP`] when it can be.
+    block: u64,
+    /// Start of the first block not yet decided.
+    next_block: u64,
     /// H3 values of positions `hist_base ..`; `filled` of them are valid.
+    /// `hist_base - first` is a multiple of `block` and of [`GROUP`].
     hist: Vec<u32>,
+    /// Maximum of each group of [`GROUP`] values of `hist`.
+    groups: Vec<u32>,
     filled: usize,
     hist_base: u64,
-    /// Next position to scan.
-    next: u64,
 }
-
-const MAX_CHUNK: u64 = MAX_CHUNK_LEN as u64;
 
 impl CutFinder {
     /// A finder for data starting at position 0, that will receive at most
-    /// `block` values per call to [`CutFinder::slots`].
-    pub fn new(params: &Params, block: usize) -> Self {
-        Self::build(params, block, 0, start_min(params), true)
+    /// `round` values per call to [`CutFinder::slots`].
+    pub fn new(params: &Params, round: usize) -> Self {
+        Self::build(params, round, 0, start_min(params), true)
     }
 
     /// A finder for data starting at `base` in the middle of a file, that
     /// reports nothing before the first local maximum at or after `from`,
     /// which synchronises it; see the module doc. Exact when `base` is 0 or
     /// `from ≥ base + h + w - 1`.
-    pub fn resync(params: &Params, block: usize, base: u64, from: u64) -> Self {
+    pub fn resync(params: &Params, round: usize, base: u64, from: u64) -> Self {
         debug_assert!(
             base == 0
                 || from >= base + u64::from(params.horizon()) + u64::from(params.window()) - 1
         );
-        Self::build(params, block, base, from.max(start_min(params)), false)
+        Self::build(params, round, base, from.max(start_min(params)), false)
     }
 
-    fn build(params: &Params, block: usize, first: u64, min_cut: u64, synced: bool) -> Self {
-        let h = params.horizon() as usize;
+    fn build(params: &Params, round: usize, first: u64, min_cut: u64, synced: bool) -> Self {
+        let h = u64::from(params.horizon());
+        let block = match (h + 1).min(MAX_BLOCK) {
+            b if b >= GROUP as u64 => b / GROUP as u64 * GROUP as u64,
+            b => b,
+        };
+        // History kept across rounds: h before the first undecided block, the
+        // blocks not decided yet (up to h + block), rounded to whole blocks.
+        let cap = (2 * h + 3 * block) as usize + GROUP + round;
         CutFinder {
-            horizon: h as u64,
+            horizon: h,
             end_rule: params.edges().end,
             first,
             min_cut,
             synced,
             last_cut: first,
-            pending: None,
-            have_wmax: false,
-            wmax_pos: first,
-            wmax_val: 0,
-            stairs: VecDeque::new(),
-            stairs_end: first,
-            records: Vec::new(),
-            hist: vec![0; h + block],
+            block,
+            next_block: first,
+            hist: vec![0; cap],
+            groups: vec![0; cap.div_ceil(GROUP)],
             filled: 0,
             hist_base: first,
-            next: first,
         }
     }
 
     /// Every cut still to come is at or after this position.
     pub fn decided(&self) -> u64 {
-        self.next.saturating_sub(self.horizon + 1).max(self.first)
+        self.next_block
     }
 
-    /// Room for the H3 values of the next `n ≤ block` positions. Drops history
-    /// older than the horizon first.
-    pub fn slots(&mut self, n: usize) -> &mut [u32] {
-        debug_assert_eq!(
-            self.hist_base + self.filled as u64,
-            self.next,
-            "scan before adding more"
-        );
-        let keep = (self.horizon as usize).min(self.filled);
+    /// Room for the H3 values of the next `n ≤ round` positions and their
+    /// group maxima. Drops history no longer needed first. Every call but the
+    /// last must be for a multiple of [`GROUP`] positions.
+    pub fn slots(&mut self, n: usize) -> Out<'_> {
+        debug_assert_eq!(self.filled % GROUP, 0, "rounds come in whole groups");
         if self.filled + n > self.hist.len() {
-            let drop = self.filled - keep;
+            // Keep h values before the first undecided block, in whole blocks
+            // and groups so that indices stay aligned.
+            let keep_from = self
+                .next_block
+                .saturating_sub(self.horizon)
+                .max(self.hist_base);
+            let unit = lcm(self.block, GROUP as u64);
+            let drop = ((keep_from - self.hist_base) / unit * unit) as usize;
             self.hist.copy_within(drop..self.filled, 0);
-            self.filled = keep;
+            self.groups
+                .copy_within(drop / GROUP..self.filled.div_ceil(GROUP), 0);
+            self.filled -= drop;
             self.hist_base += drop as u64;
         }
         if self.filled + n > self.hist.len() {
-            // Only reachable if a caller passes more than `block`; grow rather than fail.
+            // Only reachable if a caller passes more than `round`; grow rather than fail.
             self.hist.resize(self.filled + n, 0);
+            self.groups.resize((self.filled + n).div_ceil(GROUP), 0);
         }
         let start = self.filled;
         self.filled += n;
-        &mut self.hist[start..start + n]
+        Out {
+            values: &mut self.hist[start..start + n],
+            groups: &mut self.groups[start / GROUP..(start + n).div_ceil(GROUP)],
+        }
+    }
+
+    /// Position one past the last value received.
+    fn end(&self) -> u64 {
+        self.hist_base + self.filled as u64
     }
 
     #[inline]
@@ -160,150 +170,125 @@ impl CutFinder {
         (pos - self.hist_base) as usize
     }
 
-    /// Scans every value added since the last scan, appending decided cuts.
+    /// Decides every block whose right horizon has fully arrived, appending cuts.
     pub fn scan(&mut self, cuts: &mut Vec<Cut>) {
-        let h = self.horizon;
-        let end = self.hist_base + self.filled as u64;
-        let mut i = self.next;
-        while i < end {
-            if !self.have_wmax {
-                self.take(i);
-                i += 1;
-                continue;
-            }
-            let expiry = self.wmax_pos + h + 1;
-            let forced = if self.synced {
-                self.last_cut + MAX_CHUNK + h
-            } else {
-                u64::MAX
-            };
-            let stop = end.min(expiry).min(forced);
-            if i < stop {
-                let (a, b) = (self.idx(i), self.idx(stop));
-                match find_ge(&self.hist[a..b], self.wmax_val) {
-                    Some(k) => {
-                        i += k as u64;
-                        self.take(i);
-                        i += 1;
-                        continue;
-                    }
-                    None => i = stop,
-                }
-                if i == end {
-                    break;
-                }
-            }
-            // Events due before position i is taken: the pending candidate, then
-            // a forced cut, then the window maximum leaving the window.
-            if i == expiry
-                && let Some(c) = self.pending.take()
-            {
-                self.cut(c, CutKind::Max, cuts);
-            }
-            if self.synced && i == self.last_cut + MAX_CHUNK + h {
-                let f = self.last_cut + MAX_CHUNK;
-                self.cut(f, CutKind::Forced, cuts);
-            }
-            if i == expiry {
-                self.rescan(i);
-            }
-            self.take(i);
-            i += 1;
+        let end = self.end();
+        while self.next_block + self.block + self.horizon <= end {
+            self.decide_block(end, cuts);
         }
-        self.next = end;
     }
 
-    /// Takes the value at position `i` into the window maximum / candidate state.
-    #[inline]
-    fn take(&mut self, i: u64) {
-        let v = self.hist[self.idx(i)];
-        if !self.have_wmax || v > self.wmax_val {
-            // Beats its whole left window (and so any pending candidate).
-            self.pending = (i >= self.min_cut).then_some(i);
-        } else if v == self.wmax_val {
-            // A tie disqualifies both: strict comparison on both sides.
-            self.pending = None;
-        } else {
-            return;
+    /// Decides the remaining blocks, with right horizons clipped at the end of
+    /// the data (or not allowed to cut under [`EndRule::Full`]).
+    pub fn finish(&mut self, cuts: &mut Vec<Cut>) {
+        let end = self.end();
+        while self.next_block < end {
+            self.decide_block(end, cuts);
         }
-        // i is now the last maximum of every window containing it.
-        self.have_wmax = true;
-        self.wmax_pos = i;
-        self.wmax_val = v;
-        self.stairs.clear();
-        self.stairs.push_back((i, v));
-        self.stairs_end = i + 1;
+        self.forced_before(end, cuts);
     }
 
-    /// Finds the maximum of the window `[i-h, i-1]` (last occurrence) after
-    /// the previous one left it. Extends the staircase over the positions added
-    /// since it was last extended (each position is searched once over the
-    /// whole stream), then drops what left the window.
-    fn rescan(&mut self, i: u64) {
-        let from = self.stairs_end;
-        let (a, b) = (self.idx(from), self.idx(i));
-        let fresh = &self.hist[a..b];
-        if let Some(&last) = fresh.last() {
-            // Right-to-left records of the fresh range, found right to left.
-            let records = &mut self.records;
-            records.clear();
-            let mut end = fresh.len() - 1;
-            let mut m = last;
-            records.push((from + end as u64, m));
-            while let Some(k) = rfind_gt(&fresh[..end], m) {
-                m = fresh[k];
-                records.push((from + k as u64, m));
-                end = k;
+    /// Decides the block at `next_block`, with values known up to `end`.
+    fn decide_block(&mut self, end: u64, cuts: &mut Vec<Cut>) {
+        let start = self.next_block;
+        let stop = (start + self.block).min(end);
+        if let Some(p) = self.candidate(start, stop) {
+            let right_full = p + self.horizon < end;
+            let allowed = p >= self.min_cut && (right_full || self.end_rule == EndRule::Clip);
+            if allowed && self.is_local_max(p, end) {
+                self.forced_before(p, cuts);
+                self.cut(p, CutKind::Max, cuts);
             }
-            while self.stairs.back().is_some_and(|&(_, v)| v <= m) {
-                self.stairs.pop_back();
-            }
-            self.stairs.extend(self.records.iter().rev());
-            self.stairs_end = i;
         }
-        let lo = i.saturating_sub(self.horizon).max(self.first);
-        while self.stairs.front().is_some_and(|&(p, _)| p < lo) {
-            self.stairs.pop_front();
+        self.forced_before(stop, cuts);
+        self.next_block = stop;
+    }
+
+    /// The unique maximum of positions `[start, stop)`, if it is unique.
+    fn candidate(&self, start: u64, stop: u64) -> Option<u64> {
+        let (a, b) = (self.idx(start), self.idx(stop));
+        let m = self.range_max(a, b)?;
+        let k = self.find_ge_at(a, b, m)?;
+        if self.range_max(k + 1, b).is_some_and(|x| x == m) {
+            return None; // a tie: neither is a strict maximum
         }
-        if let Some(&(p, v)) = self.stairs.front() {
-            self.wmax_pos = p;
-            self.wmax_val = v;
+        Some(self.hist_base + k as u64)
+    }
+
+    /// Whether `p` beats every value within `h` of it (clipped to the data).
+    fn is_local_max(&self, p: u64, end: u64) -> bool {
+        let k = self.idx(p);
+        let v = self.hist[k];
+        let lo = self.idx(p.saturating_sub(self.horizon).max(self.first));
+        let hi = self.idx((p + self.horizon + 1).min(end));
+        self.range_max(lo, k).is_none_or(|x| x < v)
+            && self.range_max(k + 1, hi).is_none_or(|x| x < v)
+    }
+
+    /// Forced cuts below `limit`: every 65,535 bytes without a cut.
+    fn forced_before(&mut self, limit: u64, cuts: &mut Vec<Cut>) {
+        while self.synced && self.last_cut + MAX_CHUNK < limit {
+            let f = self.last_cut + MAX_CHUNK;
+            self.cut(f, CutKind::Forced, cuts);
         }
     }
 
     fn cut(&mut self, pos: u64, kind: CutKind, cuts: &mut Vec<Cut>) {
         if self.synced && pos <= self.last_cut {
-            return; // already cut here (a forced cut on a local maximum)
+            return; // already cut here
         }
         self.synced = true;
         self.last_cut = pos;
         cuts.push(Cut { pos, kind });
     }
 
-    /// Decides the remaining positions of data of length `len` (== positions scanned).
-    pub fn finish(&mut self, cuts: &mut Vec<Cut>) {
-        let n = self.next;
-        let h = self.horizon;
-        loop {
-            let forced = if self.synced {
-                self.last_cut + MAX_CHUNK
-            } else {
-                u64::MAX
-            };
-            let pending = self
-                .pending
-                .filter(|&c| self.end_rule == EndRule::Clip || c + h < n);
-            match pending {
-                Some(c) if c <= forced => {
-                    self.pending = None;
-                    self.cut(c, CutKind::Max, cuts);
-                }
-                _ if forced < n => self.cut(forced, CutKind::Forced, cuts),
-                _ => break,
-            }
+    /// Maximum of `hist[a..b]`, reading group maxima for whole groups; `None`
+    /// when the range is empty.
+    fn range_max(&self, a: usize, b: usize) -> Option<u32> {
+        if a >= b {
+            return None;
         }
-        self.pending = None;
+        let head_end = a.next_multiple_of(GROUP).min(b);
+        let (ga, gb) = (head_end / GROUP, b / GROUP);
+        let tail = (gb * GROUP).max(head_end);
+        let mut m = max_of(&self.hist[a..head_end]);
+        if ga < gb {
+            m = m.max(max_of(&self.groups[ga..gb]));
+        }
+        Some(m.max(max_of(&self.hist[tail..b])))
     }
+
+    /// Index in `hist[a..b]` of the first value `≥ t`, reading group maxima
+    /// for whole groups.
+    fn find_ge_at(&self, a: usize, b: usize, t: u32) -> Option<usize> {
+        let head_end = a.next_multiple_of(GROUP).min(b);
+        if let Some(k) = self.hist[a..head_end].iter().position(|&x| x >= t) {
+            return Some(a + k);
+        }
+        let (ga, gb) = (head_end / GROUP, b / GROUP);
+        if ga < gb
+            && let Some(g) = self.groups[ga..gb].iter().position(|&x| x >= t)
+        {
+            let base = (ga + g) * GROUP;
+            return self.hist[base..base + GROUP]
+                .iter()
+                .position(|&x| x >= t)
+                .map(|k| base + k);
+        }
+        let tail = (gb * GROUP).max(head_end);
+        self.hist[tail..b]
+            .iter()
+            .position(|&x| x >= t)
+            .map(|k| tail + k)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
 }
 
 /// The first position the start rule lets cut.
@@ -316,39 +301,11 @@ fn start_min(params: &Params) -> u64 {
     }
 }
 
-/// Index of the first value `≥ threshold`. Written so that it vectorises: 16
-/// lanes are compared without branching, and only a hit is located exactly.
-/// Not inlined: inlined into the scan loop, LLVM keeps the loaded values for
-/// the exact search and falls back to scalar compares (4x the instructions).
-#[inline(never)]
-fn find_ge(values: &[u32], threshold: u32) -> Option<usize> {
-    let mut chunks = values.chunks_exact(16);
-    let mut base = 0;
-    for c in &mut chunks {
-        if c.iter().fold(false, |any, &x| any | (x >= threshold)) {
-            return c.iter().position(|&x| x >= threshold).map(|k| base + k);
-        }
-        base += 16;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&x| x >= threshold)
-        .map(|k| base + k)
-}
-
-/// Index of the last value `> threshold`, vectorised like [`find_ge`].
-#[inline(never)]
-fn rfind_gt(values: &[u32], threshold: u32) -> Option<usize> {
-    let mut chunks = values.rchunks_exact(16);
-    let mut end = values.len();
-    for c in &mut chunks {
-        end -= 16;
-        if c.iter().fold(false, |any, &x| any | (x > threshold)) {
-            return c.iter().rposition(|&x| x > threshold).map(|k| end + k);
-        }
-    }
-    chunks.remainder().iter().rposition(|&x| x > threshold)
+/// Maximum of a slice (0 when empty). A plain reduction, which the compiler
+/// vectorises.
+#[inline]
+fn max_of(values: &[u32]) -> u32 {
+    values.iter().copied().fold(0, u32::max)
 }
 
 #[cfg(test)]
@@ -356,13 +313,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn find_ge_and_rfind_gt() {
-        let v: Vec<u32> = (0..100).map(|x| (x * 37) % 101).collect();
-        for t in [0, 5, 50, 99, 100, 101] {
-            assert_eq!(find_ge(&v, t), v.iter().position(|&x| x >= t), "t={t}");
-        }
-        for t in [0, 5, 50, 99, 100, 101] {
-            assert_eq!(rfind_gt(&v, t), v.iter().rposition(|&x| x > t), "t={t}");
+    fn blocks_fit_the_horizon() {
+        for (h, want) in [
+            (1024, 1024),
+            (128, 128),
+            (3, 4),
+            (16383, 4096),
+            (20, 16),
+            (14, 15),
+        ] {
+            let p = Params::new_unchecked(4, h).unwrap();
+            assert_eq!(CutFinder::new(&p, 64).block, want, "h = {h}");
         }
     }
 }

@@ -88,9 +88,7 @@ pub fn sign_parallel<R: ReadAt + ?Sized>(
     let len = src.len();
     let pieces = len.div_ceil(opts.piece_len).max(1);
     if opts.threads <= 1 || pieces <= 1 {
-        let out = sign_piece(src, params, 0, len, len)?;
-        out.iter().for_each(&mut *sink);
-        return Ok(());
+        return sign_piece(src, params, 0, len, len, &mut |c| sink(&c));
     }
     let next_piece = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
@@ -121,7 +119,9 @@ pub fn sign_parallel<R: ReadAt + ?Sized>(
                     }
                     let start = k * opts.piece_len;
                     let end = (start + opts.piece_len).min(len);
-                    let result = sign_piece(src, params, start, end, len);
+                    let mut out = Vec::with_capacity(((end - start) / 1024) as usize + 4);
+                    let result = sign_piece(src, params, start, end, len, &mut |c| out.push(c))
+                        .map(|()| out);
                     if tx.send((k, result)).is_err() {
                         break;
                     }
@@ -159,15 +159,17 @@ pub fn sign_parallel<R: ReadAt + ?Sized>(
     })
 }
 
-/// Chunks owned by the piece `[start, end)` of an input of `len` bytes: from
-/// its synchronisation point to the first local maximum at or after `end`.
+/// Chunks owned by the piece `[start, end)` of an input of `len` bytes, in
+/// order, to `sink`: from the piece's synchronisation point to the first local
+/// maximum at or after `end`.
 fn sign_piece<R: ReadAt + ?Sized>(
     src: &R,
     params: Params,
     start: u64,
     end: u64,
     len: u64,
-) -> Result<Vec<Chunk>, R::Error> {
+    sink: &mut impl FnMut(Chunk),
+) -> Result<(), R::Error> {
     let margin = u64::from(params.horizon()) + u64::from(params.window()) - 1;
     let (mut chunker, mut pos) = if start == 0 {
         (Chunker::new(params), 0)
@@ -175,18 +177,19 @@ fn sign_piece<R: ReadAt + ?Sized>(
         let base = start.saturating_sub(margin);
         (Chunker::resync(params, base, start), base)
     };
-    let mut out = Vec::with_capacity(((end - start) / 1024) as usize + 4);
+    let mut first = true;
     let mut done = false;
-    let keep = |c: Chunk, how: ChunkEnd, out: &mut Vec<Chunk>, done: &mut bool| {
+    let mut keep = |c: Chunk, how: ChunkEnd, done: &mut bool| {
         if *done {
             return;
         }
-        if out.is_empty() && start > 0 && c.offset >= end {
+        if first && start > 0 && c.offset >= end {
             // Synchronised only past the piece: the previous piece covers it.
             *done = true;
             return;
         }
-        out.push(c);
+        first = false;
+        sink(c);
         if c.end() >= end && how == ChunkEnd::Cut(CutKind::Max) {
             *done = true;
         }
@@ -195,11 +198,16 @@ fn sign_piece<R: ReadAt + ?Sized>(
     while pos < len && !done {
         let n = READ_LEN.min((len - pos) as usize);
         src.read_exact_at(&mut buf[..n], pos)?;
-        chunker.push_inner(&buf[..n], &mut |c, how| keep(c, how, &mut out, &mut done));
+        chunker.push_inner(&buf[..n], &mut |c, how| keep(c, how, &mut done));
         pos += n as u64;
+        if start > 0 && !chunker.has_cut() && chunker.decided() >= end {
+            // No local maximum in the whole piece: the previous piece runs
+            // through it (its forced cuts depend on its last maximum).
+            done = true;
+        }
     }
     if !done {
-        chunker.finish_inner(&mut |c, how| keep(c, how, &mut out, &mut done));
+        chunker.finish_inner(&mut |c, how| keep(c, how, &mut done));
     }
-    Ok(out)
+    Ok(())
 }
