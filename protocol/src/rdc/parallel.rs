@@ -35,6 +35,10 @@ pub trait ReadAt: Sync {
     }
     /// Fills `buf` from `offset`; the range is within [`ReadAt::len`].
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Self::Error>;
+    /// The whole input, when it is already in memory (saves a copy).
+    fn as_slice(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl ReadAt for [u8] {
@@ -46,6 +50,9 @@ impl ReadAt for [u8] {
         let start = offset as usize;
         buf.copy_from_slice(&self[start..start + buf.len()]);
         Ok(())
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -194,11 +201,18 @@ fn sign_piece<R: ReadAt + ?Sized>(
             *done = true;
         }
     };
-    let mut buf = vec![0u8; READ_LEN.min((len - pos) as usize).max(1)];
+    let mut buf = Vec::new();
     while pos < len && !done {
         let n = READ_LEN.min((len - pos) as usize);
-        src.read_exact_at(&mut buf[..n], pos)?;
-        chunker.push_inner(&buf[..n], &mut |c, how| keep(c, how, &mut done));
+        let data = match src.as_slice() {
+            Some(all) => &all[pos as usize..pos as usize + n],
+            None => {
+                buf.resize(n, 0);
+                src.read_exact_at(&mut buf, pos)?;
+                &buf[..]
+            }
+        };
+        chunker.push_inner(data, &mut |c, how| keep(c, how, &mut done));
         pos += n as u64;
         if start > 0 && !chunker.has_cut() && chunker.decided() >= end {
             // No local maximum in the whole piece: the previous piece runs
