@@ -1,8 +1,9 @@
 //! # peerdelta-protocol
 //!
 //! The pure core of peerdelta: MS-RDC signatures ([`rdc`]), needs lists and
-//! rebuilding plans ([`needs`]), and (in later modules) the on-disk and wire
-//! formats and the sans-IO state machines for election and block scheduling.
+//! rebuilding plans ([`needs`], [`needsfile`]), the signed manifest and index
+//! formats ([`manifest`]), the signature container ([`sigstore`]), and the
+//! publisher's decisions ([`publish`]).
 //!
 //! What this crate is **not**: it does no I/O, reads no clock, spawns no async
 //! tasks and uses no randomness it was not given. Inputs arrive as byte slices,
@@ -12,6 +13,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod hash;
 pub mod hex;
+pub mod layout;
+pub mod manifest;
 pub mod needs;
+pub mod needsfile;
+pub mod publish;
 pub mod rdc;
+pub mod sigstore;
+pub mod status;
+
+pub use hash::ContentHash;

@@ -1,0 +1,85 @@
+//! Where things are in a DP library, relative to its root. The DP writes these
+//! paths and agents fetch them as URL paths, so both use these functions.
+//!
+//! ```text
+//! dp.pub                                          the DP's public key
+//! content/<shard>/<hash>                          contents by BLAKE3
+//! sigs/<shard>/<hash>.rdc                         signature containers
+//! needs/<target shard>/<base>-<target>.needs.bin  needs lists
+//! packages/<package>/index                        signed list of versions
+//! packages/<package>/<version>/manifest           signed manifest
+//! ```
+
+use crate::hash::ContentHash;
+use crate::manifest::PackageName;
+
+/// The DP's public key file.
+pub const PUBLIC_KEY: &str = "dp.pub";
+
+/// A content.
+pub fn content(h: &ContentHash) -> String {
+    format!("content/{}/{}", h.shard(), h)
+}
+
+/// A content's signature container.
+pub fn sigs(h: &ContentHash) -> String {
+    format!("sigs/{}/{}.rdc", h.shard(), h)
+}
+
+/// The needs list from `base` to `target`.
+pub fn needs(base: &ContentHash, target: &ContentHash) -> String {
+    format!("needs/{}/{}-{}.needs.bin", target.shard(), base, target)
+}
+
+/// A package's index.
+pub fn index(package: &PackageName) -> String {
+    format!("packages/{package}/index")
+}
+
+/// A package version's manifest.
+pub fn manifest(package: &PackageName, version: u64) -> String {
+    format!("packages/{package}/{version}/manifest")
+}
+
+/// What a library path holds, for accounting (metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `content/`.
+    Content,
+    /// `sigs/`.
+    Signatures,
+    /// `needs/`.
+    Needs,
+    /// `packages/` (manifests and indexes) and the public key.
+    Manifests,
+    /// Anything else.
+    Other,
+}
+
+impl Kind {
+    /// Classifies a library-relative path.
+    pub fn of(path: &str) -> Kind {
+        let path = path.trim_start_matches('/');
+        match path.split('/').next() {
+            Some("content") => Kind::Content,
+            Some("sigs") => Kind::Signatures,
+            Some("needs") => Kind::Needs,
+            Some("packages") | Some(PUBLIC_KEY) => Kind::Manifests,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Kind::Content => "content",
+            Kind::Signatures => "signatures",
+            Kind::Needs => "needs",
+            Kind::Manifests => "manifests",
+            Kind::Other => "other",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [Kind; 5] = [Kind::Content, Kind::Signatures, Kind::Needs, Kind::Manifests, Kind::Other];
+}

@@ -1,0 +1,303 @@
+//! The `.needs.bin` file: how to build a target content from a base content,
+//! as runs in target order, each with the BLAKE3 of the bytes it produces.
+//!
+//! A [`Run`] is either `Seed` (bytes of the base at an offset) or `Origin`
+//! (bytes of the target itself, fetched from the DP or from a peer that has
+//! them, at the run's target offset). Every run carries the hash of its bytes,
+//! so bytes from *any* source are verified before use; [`Run::verify`] is the
+//! only way to get a [`VerifiedRun`], which is what writers accept.
+//!
+//! Runs are at most [`MAX_RUN`] bytes: large enough that per-run overhead is
+//! negligible, small enough that a transfer interrupted mid-run loses little
+//! and that peers can exchange runs as units.
+//!
+//! Format: `magic (8) ‖ postcard(NeedsFile)`. The manifest carries the file's
+//! BLAKE3, so a tampered file is rejected before it is parsed; [`decode`]
+//! still bounds everything it reads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::ContentHash;
+use crate::needs::Need;
+use crate::rdc::ReadAt;
+
+/// Magic of a needs file.
+pub const NEEDS_MAGIC: [u8; 8] = *b"PDNEEDS1";
+/// Largest run.
+pub const MAX_RUN: u64 = 1 << 20;
+/// Largest needs file accepted by [`decode`].
+pub const MAX_NEEDS_FILE: usize = 256 << 20;
+
+/// Where a run's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunSource {
+    /// From the base content at `offset`.
+    Seed {
+        /// Offset in the base.
+        offset: u64,
+    },
+    /// From the target content itself (the DP's copy, or a peer's), at the
+    /// run's own target offset.
+    Origin,
+}
+
+/// One run of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Run {
+    /// Where the bytes come from.
+    pub source: RunSource,
+    /// Length, `1..=MAX_RUN`.
+    pub len: u32,
+    /// BLAKE3 of the bytes.
+    pub hash: ContentHash,
+}
+
+/// A needs file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedsFile {
+    /// The content it starts from.
+    pub base: ContentHash,
+    /// Size of the base.
+    pub base_len: u64,
+    /// The content it builds.
+    pub target: ContentHash,
+    /// Size of the target.
+    pub target_len: u64,
+    /// Runs in target order.
+    pub runs: Vec<Run>,
+}
+
+/// A run placed in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacedRun {
+    /// Index in [`NeedsFile::runs`].
+    pub index: usize,
+    /// Offset of the run in the target.
+    pub target_offset: u64,
+    /// The run.
+    pub run: Run,
+}
+
+/// Bytes that matched their run's hash. Only [`Run::verify`] makes one.
+#[derive(Debug)]
+pub struct VerifiedRun<'a> {
+    bytes: &'a [u8],
+    target_offset: u64,
+}
+
+impl<'a> VerifiedRun<'a> {
+    /// The verified bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Where they go in the target.
+    pub fn target_offset(&self) -> u64 {
+        self.target_offset
+    }
+}
+
+/// Bytes that did not match their run's hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run at target offset {target_offset} ({len} bytes): expected BLAKE3 {expected}, got {actual}")]
+pub struct RunMismatch {
+    /// Where the run goes in the target.
+    pub target_offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// The hash in the needs file.
+    pub expected: ContentHash,
+    /// The hash of the bytes offered.
+    pub actual: ContentHash,
+}
+
+impl PlacedRun {
+    /// Checks `bytes` against the run's hash and length.
+    pub fn verify<'a>(&self, bytes: &'a [u8]) -> Result<VerifiedRun<'a>, RunMismatch> {
+        let actual = ContentHash::of(bytes);
+        if bytes.len() as u64 != u64::from(self.run.len) || actual != self.run.hash {
+            return Err(RunMismatch {
+                target_offset: self.target_offset,
+                len: u64::from(self.run.len),
+                expected: self.run.hash,
+                actual,
+            });
+        }
+        Ok(VerifiedRun { bytes, target_offset: self.target_offset })
+    }
+
+    /// The run's range in the target.
+    pub fn target_range(&self) -> std::ops::Range<u64> {
+        self.target_offset..self.target_offset + u64::from(self.run.len)
+    }
+}
+
+/// Why a needs file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NeedsFileError {
+    /// Larger than [`MAX_NEEDS_FILE`].
+    #[error("needs file of {0} bytes is larger than the limit")]
+    TooLarge(usize),
+    /// Wrong magic or undecodable.
+    #[error("not a needs file: {0}")]
+    Format(String),
+    /// Decoded but inconsistent.
+    #[error("inconsistent needs file: {0}")]
+    Invalid(String),
+}
+
+impl NeedsFile {
+    /// Runs with their target offsets.
+    pub fn placed(&self) -> impl Iterator<Item = PlacedRun> + '_ {
+        let mut offset = 0u64;
+        self.runs.iter().enumerate().map(move |(index, run)| {
+            let p = PlacedRun { index, target_offset: offset, run: *run };
+            offset += u64::from(run.len);
+            p
+        })
+    }
+
+    /// Bytes that must come from the target's copy (DP or peers).
+    pub fn origin_bytes(&self) -> u64 {
+        self.runs.iter().filter(|r| r.source == RunSource::Origin).map(|r| u64::from(r.len)).sum()
+    }
+
+    /// Bytes taken from the base.
+    pub fn seed_bytes(&self) -> u64 {
+        self.target_len - self.origin_bytes()
+    }
+
+    /// Encodes with the magic.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = NEEDS_MAGIC.to_vec();
+        out.extend(postcard::to_allocvec(self).expect("serialising owned data into a Vec cannot fail"));
+        out
+    }
+
+    /// Checks that runs are non-empty, within [`MAX_RUN`], add up to the
+    /// target length, and read inside the base.
+    pub fn validate(&self) -> Result<(), NeedsFileError> {
+        let mut total = 0u64;
+        for (i, r) in self.runs.iter().enumerate() {
+            let len = u64::from(r.len);
+            if len == 0 || len > MAX_RUN {
+                return Err(NeedsFileError::Invalid(format!("run {i} has length {len}")));
+            }
+            if let RunSource::Seed { offset } = r.source
+                && offset.checked_add(len).is_none_or(|end| end > self.base_len)
+            {
+                return Err(NeedsFileError::Invalid(format!("run {i} reads past the base")));
+            }
+            total += len;
+        }
+        if total != self.target_len {
+            return Err(NeedsFileError::Invalid(format!("runs cover {total} bytes, target has {}", self.target_len)));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes and validates a needs file.
+pub fn decode(bytes: &[u8]) -> Result<NeedsFile, NeedsFileError> {
+    if bytes.len() > MAX_NEEDS_FILE {
+        return Err(NeedsFileError::TooLarge(bytes.len()));
+    }
+    let body = bytes.strip_prefix(&NEEDS_MAGIC).ok_or_else(|| NeedsFileError::Format("bad magic".into()))?;
+    let (file, rest) = postcard::take_from_bytes::<NeedsFile>(body).map_err(|e| NeedsFileError::Format(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(NeedsFileError::Format(format!("{} trailing bytes", rest.len())));
+    }
+    file.validate()?;
+    Ok(file)
+}
+
+/// Builds a needs file from merged needs (as [`crate::needs::compare`] makes
+/// them): splits runs at [`MAX_RUN`] and hashes each run's target bytes,
+/// read from `target`.
+pub fn build<R: ReadAt + ?Sized>(
+    base: ContentHash,
+    base_len: u64,
+    target: ContentHash,
+    needs: &[Need],
+    target_data: &R,
+) -> Result<NeedsFile, R::Error> {
+    let mut runs = Vec::new();
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for need in needs {
+        let mut done = 0u64;
+        while done < need.len() {
+            let len = (need.len() - done).min(MAX_RUN);
+            buf.resize(len as usize, 0);
+            target_data.read_exact_at(&mut buf, offset)?;
+            let source = match *need {
+                Need::Seed { offset: base_off, .. } => RunSource::Seed { offset: base_off + done },
+                Need::Source { .. } => RunSource::Origin,
+            };
+            runs.push(Run { source, len: len as u32, hash: ContentHash::of(&buf) });
+            done += len;
+            offset += len;
+        }
+    }
+    Ok(NeedsFile { base, base_len, target, target_len: offset, runs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::needs::compare;
+    use crate::rdc::{Params, Signature, chunks};
+
+    fn sigs(d: &[u8]) -> Vec<Signature> {
+        chunks(d, Params::LEVEL1).iter().map(Signature::from).collect()
+    }
+
+    #[test]
+    fn build_verify_round_trip() {
+        let base: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        let mut target = base[..1_000_000].to_vec();
+        target.extend_from_slice(b"new bytes in the middle");
+        target.extend_from_slice(&base[1_000_000..]);
+        let needs = compare(&sigs(&target), &sigs(&base));
+        let (bh, th) = (ContentHash::of(&base), ContentHash::of(&target));
+        let nf = build(bh, base.len() as u64, th, &needs, &target[..]).unwrap();
+        assert!(nf.runs.iter().all(|r| u64::from(r.len) <= MAX_RUN));
+        assert!(nf.origin_bytes() < 10_000);
+        let bytes = nf.encode();
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back, nf);
+        // Rebuild from verified runs only.
+        let mut out = vec![0u8; target.len()];
+        for p in back.placed() {
+            let src = match p.run.source {
+                RunSource::Seed { offset } => &base[offset as usize..offset as usize + p.run.len as usize],
+                RunSource::Origin => &target[p.target_range().start as usize..p.target_range().end as usize],
+            };
+            let v = p.verify(src).unwrap();
+            out[v.target_offset() as usize..][..v.bytes().len()].copy_from_slice(v.bytes());
+        }
+        assert_eq!(out, target);
+        // A wrong byte is caught.
+        let p = back.placed().next().unwrap();
+        let mut wrong = base[..p.run.len as usize].to_vec();
+        wrong[0] ^= 1;
+        assert!(p.verify(&wrong).is_err());
+    }
+
+    #[test]
+    fn decode_rejects_garbage_and_inconsistency() {
+        assert!(decode(b"").is_err());
+        assert!(decode(b"PDNEEDS1\xff\xff").is_err());
+        let h = ContentHash::of(b"");
+        let mut nf = NeedsFile { base: h, base_len: 10, target: h, target_len: 5, runs: vec![] };
+        assert!(decode(&nf.encode()).is_err(), "runs do not cover the target");
+        nf.runs.push(Run { source: RunSource::Seed { offset: 8 }, len: 5, hash: h });
+        assert!(decode(&nf.encode()).is_err(), "reads past the base");
+        nf.runs[0].source = RunSource::Seed { offset: 5 };
+        assert!(decode(&nf.encode()).is_ok());
+        let mut bytes = nf.encode();
+        bytes.push(0);
+        assert!(decode(&bytes).is_err(), "trailing byte");
+    }
+}
