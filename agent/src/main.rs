@@ -4,16 +4,11 @@
 //! missing or unreadable, verification failed, the DP unreachable); 2 bad
 //! usage or configuration. A closed stdout (`peerdelta ... | head`) exits 0.
 
-mod cmd;
-mod fsutil;
-mod usage;
-
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub use usage::Usage;
+use peerdelta_agent::{cmd, dp, usage};
 
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 the operation failed (missing or unreadable file, \
 verification failed, DP unreachable); 2 bad usage or configuration.";
@@ -30,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the demo: a differential update on generated data, with the WAN bytes saved.
     Demo(cmd::demo::DemoArgs),
+    /// Distribution point: publish packages, serve them, read status reports.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Dp(dp::DpCommand),
     /// MS-RDC tools: signatures, needs lists, rebuilding, benchmark.
     #[command(subcommand, after_help = EXIT_CODES)]
     Rdc(cmd::rdc::RdcCommand),
@@ -50,6 +48,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Dp(c) => dp::run(c),
         Command::Rdc(c) => cmd::rdc::run(c),
     };
     match result {

@@ -37,7 +37,7 @@ impl From<blake3::Hash> for ContentHash {
 
 impl fmt::Display for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.pad(&self.to_hex())
     }
 }
 
@@ -55,14 +55,20 @@ pub struct BadHash(pub String);
 impl FromStr for ContentHash {
     type Err = BadHash;
     fn from_str(s: &str) -> Result<Self, BadHash> {
-        hex::decode::<32>(s).map(ContentHash).ok_or_else(|| BadHash(s.chars().take(80).collect()))
+        hex::decode::<32>(s)
+            .map(ContentHash)
+            .ok_or_else(|| BadHash(s.chars().take(80).collect()))
     }
 }
 
 /// Hex in human-readable formats (JSON), raw bytes in binary ones (postcard).
 impl Serialize for ContentHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { self.0.serialize(s) }
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 
@@ -85,7 +91,10 @@ mod tests {
     fn hex_round_trip() {
         let h = ContentHash::of(b"abc");
         assert_eq!(h.to_hex().parse::<ContentHash>().unwrap(), h);
-        assert_eq!(h.to_hex(), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+        assert_eq!(
+            h.to_hex(),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
         assert_eq!(h.shard(), "64");
         assert!("xyz".parse::<ContentHash>().is_err());
         let json = serde_json::to_string(&h).unwrap();

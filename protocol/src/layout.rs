@@ -81,5 +81,11 @@ impl Kind {
     }
 
     /// Every kind.
-    pub const ALL: [Kind; 5] = [Kind::Content, Kind::Signatures, Kind::Needs, Kind::Manifests, Kind::Other];
+    pub const ALL: [Kind; 5] = [
+        Kind::Content,
+        Kind::Signatures,
+        Kind::Needs,
+        Kind::Manifests,
+        Kind::Other,
+    ];
 }

@@ -59,8 +59,14 @@ impl PackageName {
     pub fn new(name: &str) -> Result<Self, NameError> {
         let ok = (1..=128).contains(&name.len())
             && !name.starts_with('.')
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-        if ok { Ok(PackageName(name.to_owned())) } else { Err(NameError::Package(name.chars().take(200).collect())) }
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if ok {
+            Ok(PackageName(name.to_owned()))
+        } else {
+            Err(NameError::Package(name.chars().take(200).collect()))
+        }
     }
 
     /// The name.
@@ -71,7 +77,7 @@ impl PackageName {
 
 impl fmt::Display for PackageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -92,7 +98,12 @@ pub struct RelPath(String);
 impl RelPath {
     /// Validates `path`.
     pub fn new(path: &str) -> Result<Self, NameError> {
-        let bad = |reason| Err(NameError::Path { path: path.chars().take(300).collect(), reason });
+        let bad = |reason| {
+            Err(NameError::Path {
+                path: path.chars().take(300).collect(),
+                reason,
+            })
+        };
         if path.is_empty() {
             return bad("empty");
         }
@@ -137,7 +148,7 @@ impl RelPath {
 
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -252,15 +263,24 @@ impl Manifest {
         let mut dirs = std::collections::HashSet::new();
         for (i, e) in self.entries.iter().enumerate() {
             if i > 0 && self.entries[i - 1].path >= e.path {
-                return Err(ManifestError::Invalid(format!("entries not sorted at {}", e.path)));
+                return Err(ManifestError::Invalid(format!(
+                    "entries not sorted at {}",
+                    e.path
+                )));
             }
             if e.mode > 0o7777 {
-                return Err(ManifestError::Invalid(format!("mode {:o} of {}", e.mode, e.path)));
+                return Err(ManifestError::Invalid(format!(
+                    "mode {:o} of {}",
+                    e.mode, e.path
+                )));
             }
             if let Some((parent, _)) = e.path.as_str().rsplit_once('/')
                 && !dirs.contains(parent)
             {
-                return Err(ManifestError::Invalid(format!("{} listed before its directory", e.path)));
+                return Err(ManifestError::Invalid(format!(
+                    "{} listed before its directory",
+                    e.path
+                )));
             }
             if matches!(e.kind, EntryKind::Dir) {
                 dirs.insert(e.path.as_str().to_owned());
@@ -331,7 +351,11 @@ pub enum ManifestError {
 }
 
 fn kind(magic: &[u8; 8]) -> &'static str {
-    if *magic == MANIFEST_MAGIC { "manifest" } else { "package index" }
+    if *magic == MANIFEST_MAGIC {
+        "manifest"
+    } else {
+        "package index"
+    }
 }
 
 /// Signs `value` into an envelope with `magic`.
@@ -348,12 +372,18 @@ pub fn seal<T: Serialize>(magic: [u8; 8], value: &T, key: &SigningKey) -> Vec<u8
 }
 
 /// Verifies and decodes an envelope with `magic`.
-pub fn open<T: DeserializeOwned>(magic: [u8; 8], bytes: &[u8], key: &VerifyingKey) -> Result<T, ManifestError> {
+pub fn open<T: DeserializeOwned>(
+    magic: [u8; 8],
+    bytes: &[u8],
+    key: &VerifyingKey,
+) -> Result<T, ManifestError> {
     let what = kind(&magic);
     if bytes.len() > MAX_SIGNED_LEN {
         return Err(ManifestError::TooLarge(bytes.len()));
     }
-    let (head, rest) = bytes.split_at_checked(12).ok_or(ManifestError::Format(what))?;
+    let (head, rest) = bytes
+        .split_at_checked(12)
+        .ok_or(ManifestError::Format(what))?;
     if head[..8] != magic {
         return Err(ManifestError::Format(what));
     }
@@ -365,10 +395,15 @@ pub fn open<T: DeserializeOwned>(magic: [u8; 8], bytes: &[u8], key: &VerifyingKe
     let sig = Signature::from_slice(sig).map_err(|_| ManifestError::Signature(what))?;
     let mut signed = magic.to_vec();
     signed.extend_from_slice(body);
-    key.verify(&signed, &sig).map_err(|_| ManifestError::Signature(what))?;
-    let (value, trailing) = postcard::take_from_bytes::<T>(body).map_err(|e| ManifestError::Decode(what, e.to_string()))?;
+    key.verify(&signed, &sig)
+        .map_err(|_| ManifestError::Signature(what))?;
+    let (value, trailing) = postcard::take_from_bytes::<T>(body)
+        .map_err(|e| ManifestError::Decode(what, e.to_string()))?;
     if !trailing.is_empty() {
-        return Err(ManifestError::Decode(what, format!("{} trailing bytes", trailing.len())));
+        return Err(ManifestError::Decode(
+            what,
+            format!("{} trailing bytes", trailing.len()),
+        ));
     }
     Ok(value)
 }
@@ -387,14 +422,20 @@ pub fn open_index(bytes: &[u8], key: &VerifyingKey) -> Result<PackageIndex, Mani
 
 /// Parses a public key file: 64 hex digits, optionally with a comment line.
 pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
-    let hex = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'))?;
+    let hex = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))?;
     let bytes = crate::hex::decode::<32>(hex)?;
     VerifyingKey::from_bytes(&bytes).ok()
 }
 
 /// Formats a public key file.
 pub fn format_public_key(key: &VerifyingKey) -> String {
-    format!("# peerdelta DP public key (ed25519)\n{}\n", crate::hex::encode(key.as_bytes()))
+    format!(
+        "# peerdelta DP public key (ed25519)\n{}\n",
+        crate::hex::encode(key.as_bytes())
+    )
 }
 
 #[cfg(test)]
@@ -413,14 +454,22 @@ mod tests {
             published_ms: 1,
             params: LevelParams::default(),
             entries: vec![
-                Entry { path: RelPath::new("bin").unwrap(), mode: 0o755, kind: EntryKind::Dir },
+                Entry {
+                    path: RelPath::new("bin").unwrap(),
+                    mode: 0o755,
+                    kind: EntryKind::Dir,
+                },
                 Entry {
                     path: RelPath::new("bin/tool").unwrap(),
                     mode: 0o755,
                     kind: EntryKind::File(FileEntry {
                         size: 1,
                         hash: h,
-                        sig: SigRef { len: 10, depth: 1, hash: h },
+                        sig: SigRef {
+                            len: 10,
+                            depth: 1,
+                            hash: h,
+                        },
                         needs: vec![],
                     }),
                 },
@@ -435,12 +484,18 @@ mod tests {
         let sealed = seal(MANIFEST_MAGIC, &m, &k);
         assert_eq!(open_manifest(&sealed, &k.verifying_key()).unwrap(), m);
         // Another key.
-        assert!(matches!(open_manifest(&sealed, &key(2).verifying_key()), Err(ManifestError::Signature(_))));
+        assert!(matches!(
+            open_manifest(&sealed, &key(2).verifying_key()),
+            Err(ManifestError::Signature(_))
+        ));
         // Any flipped bit.
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 0x10;
-            assert!(open_manifest(&t, &k.verifying_key()).is_err(), "bit flip at {i} accepted");
+            assert!(
+                open_manifest(&t, &k.verifying_key()).is_err(),
+                "bit flip at {i} accepted"
+            );
         }
         // Truncated or extended.
         assert!(open_manifest(&sealed[..sealed.len() - 1], &k.verifying_key()).is_err());
@@ -462,7 +517,9 @@ mod tests {
         for ok in ["a", "a/b", "dir/file.txt", "weird name ü", "..a", "a.."] {
             assert!(RelPath::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/a", "a/", "a//b", "../a", "a/../b", ".", "a/./b", "a\0b", "a\\b"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "../a", "a/../b", ".", "a/./b", "a\0b", "a\\b",
+        ] {
             assert!(RelPath::new(bad).is_err(), "{bad}");
         }
         // Deserialising validates too.

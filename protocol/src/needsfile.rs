@@ -99,7 +99,9 @@ impl<'a> VerifiedRun<'a> {
 
 /// Bytes that did not match their run's hash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("run at target offset {target_offset} ({len} bytes): expected BLAKE3 {expected}, got {actual}")]
+#[error(
+    "run at target offset {target_offset} ({len} bytes): expected BLAKE3 {expected}, got {actual}"
+)]
 pub struct RunMismatch {
     /// Where the run goes in the target.
     pub target_offset: u64,
@@ -123,7 +125,10 @@ impl PlacedRun {
                 actual,
             });
         }
-        Ok(VerifiedRun { bytes, target_offset: self.target_offset })
+        Ok(VerifiedRun {
+            bytes,
+            target_offset: self.target_offset,
+        })
     }
 
     /// The run's range in the target.
@@ -152,7 +157,11 @@ impl NeedsFile {
     pub fn placed(&self) -> impl Iterator<Item = PlacedRun> + '_ {
         let mut offset = 0u64;
         self.runs.iter().enumerate().map(move |(index, run)| {
-            let p = PlacedRun { index, target_offset: offset, run: *run };
+            let p = PlacedRun {
+                index,
+                target_offset: offset,
+                run: *run,
+            };
             offset += u64::from(run.len);
             p
         })
@@ -160,7 +169,11 @@ impl NeedsFile {
 
     /// Bytes that must come from the target's copy (DP or peers).
     pub fn origin_bytes(&self) -> u64 {
-        self.runs.iter().filter(|r| r.source == RunSource::Origin).map(|r| u64::from(r.len)).sum()
+        self.runs
+            .iter()
+            .filter(|r| r.source == RunSource::Origin)
+            .map(|r| u64::from(r.len))
+            .sum()
     }
 
     /// Bytes taken from the base.
@@ -171,7 +184,9 @@ impl NeedsFile {
     /// Encodes with the magic.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = NEEDS_MAGIC.to_vec();
-        out.extend(postcard::to_allocvec(self).expect("serialising owned data into a Vec cannot fail"));
+        out.extend(
+            postcard::to_allocvec(self).expect("serialising owned data into a Vec cannot fail"),
+        );
         out
     }
 
@@ -185,14 +200,21 @@ impl NeedsFile {
                 return Err(NeedsFileError::Invalid(format!("run {i} has length {len}")));
             }
             if let RunSource::Seed { offset } = r.source
-                && offset.checked_add(len).is_none_or(|end| end > self.base_len)
+                && offset
+                    .checked_add(len)
+                    .is_none_or(|end| end > self.base_len)
             {
-                return Err(NeedsFileError::Invalid(format!("run {i} reads past the base")));
+                return Err(NeedsFileError::Invalid(format!(
+                    "run {i} reads past the base"
+                )));
             }
             total += len;
         }
         if total != self.target_len {
-            return Err(NeedsFileError::Invalid(format!("runs cover {total} bytes, target has {}", self.target_len)));
+            return Err(NeedsFileError::Invalid(format!(
+                "runs cover {total} bytes, target has {}",
+                self.target_len
+            )));
         }
         Ok(())
     }
@@ -203,10 +225,16 @@ pub fn decode(bytes: &[u8]) -> Result<NeedsFile, NeedsFileError> {
     if bytes.len() > MAX_NEEDS_FILE {
         return Err(NeedsFileError::TooLarge(bytes.len()));
     }
-    let body = bytes.strip_prefix(&NEEDS_MAGIC).ok_or_else(|| NeedsFileError::Format("bad magic".into()))?;
-    let (file, rest) = postcard::take_from_bytes::<NeedsFile>(body).map_err(|e| NeedsFileError::Format(e.to_string()))?;
+    let body = bytes
+        .strip_prefix(&NEEDS_MAGIC)
+        .ok_or_else(|| NeedsFileError::Format("bad magic".into()))?;
+    let (file, rest) = postcard::take_from_bytes::<NeedsFile>(body)
+        .map_err(|e| NeedsFileError::Format(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(NeedsFileError::Format(format!("{} trailing bytes", rest.len())));
+        return Err(NeedsFileError::Format(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     file.validate()?;
     Ok(file)
@@ -232,15 +260,29 @@ pub fn build<R: ReadAt + ?Sized>(
             buf.resize(len as usize, 0);
             target_data.read_exact_at(&mut buf, offset)?;
             let source = match *need {
-                Need::Seed { offset: base_off, .. } => RunSource::Seed { offset: base_off + done },
+                Need::Seed {
+                    offset: base_off, ..
+                } => RunSource::Seed {
+                    offset: base_off + done,
+                },
                 Need::Source { .. } => RunSource::Origin,
             };
-            runs.push(Run { source, len: len as u32, hash: ContentHash::of(&buf) });
+            runs.push(Run {
+                source,
+                len: len as u32,
+                hash: ContentHash::of(&buf),
+            });
             done += len;
             offset += len;
         }
     }
-    Ok(NeedsFile { base, base_len, target, target_len: offset, runs })
+    Ok(NeedsFile {
+        base,
+        base_len,
+        target,
+        target_len: offset,
+        runs,
+    })
 }
 
 #[cfg(test)]
@@ -250,12 +292,17 @@ mod tests {
     use crate::rdc::{Params, Signature, chunks};
 
     fn sigs(d: &[u8]) -> Vec<Signature> {
-        chunks(d, Params::LEVEL1).iter().map(Signature::from).collect()
+        chunks(d, Params::LEVEL1)
+            .iter()
+            .map(Signature::from)
+            .collect()
     }
 
     #[test]
     fn build_verify_round_trip() {
-        let base: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        let base: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+            .collect();
         let mut target = base[..1_000_000].to_vec();
         target.extend_from_slice(b"new bytes in the middle");
         target.extend_from_slice(&base[1_000_000..]);
@@ -271,8 +318,12 @@ mod tests {
         let mut out = vec![0u8; target.len()];
         for p in back.placed() {
             let src = match p.run.source {
-                RunSource::Seed { offset } => &base[offset as usize..offset as usize + p.run.len as usize],
-                RunSource::Origin => &target[p.target_range().start as usize..p.target_range().end as usize],
+                RunSource::Seed { offset } => {
+                    &base[offset as usize..offset as usize + p.run.len as usize]
+                }
+                RunSource::Origin => {
+                    &target[p.target_range().start as usize..p.target_range().end as usize]
+                }
             };
             let v = p.verify(src).unwrap();
             out[v.target_offset() as usize..][..v.bytes().len()].copy_from_slice(v.bytes());
@@ -290,9 +341,22 @@ mod tests {
         assert!(decode(b"").is_err());
         assert!(decode(b"PDNEEDS1\xff\xff").is_err());
         let h = ContentHash::of(b"");
-        let mut nf = NeedsFile { base: h, base_len: 10, target: h, target_len: 5, runs: vec![] };
-        assert!(decode(&nf.encode()).is_err(), "runs do not cover the target");
-        nf.runs.push(Run { source: RunSource::Seed { offset: 8 }, len: 5, hash: h });
+        let mut nf = NeedsFile {
+            base: h,
+            base_len: 10,
+            target: h,
+            target_len: 5,
+            runs: vec![],
+        };
+        assert!(
+            decode(&nf.encode()).is_err(),
+            "runs do not cover the target"
+        );
+        nf.runs.push(Run {
+            source: RunSource::Seed { offset: 8 },
+            len: 5,
+            hash: h,
+        });
         assert!(decode(&nf.encode()).is_err(), "reads past the base");
         nf.runs[0].source = RunSource::Seed { offset: 5 };
         assert!(decode(&nf.encode()).is_ok());

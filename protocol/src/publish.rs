@@ -87,7 +87,9 @@ pub fn plan_needs(
                 None => most_similar(f, &vacated, &mut traits_of),
             };
             if let Some((base, base_len)) = base {
-                let slot = plans.entry((f.path.clone(), f.hash, base)).or_insert((base_len, Vec::new()));
+                let slot = plans
+                    .entry((f.path.clone(), f.hash, base))
+                    .or_insert((base_len, Vec::new()));
                 slot.1.push(old.version);
             }
         }
@@ -96,7 +98,13 @@ pub fn plan_needs(
         .into_iter()
         .map(|((path, target, base), (base_len, mut versions))| {
             versions.sort_unstable();
-            NeedsPlan { path, target, base, base_len, base_versions: versions }
+            NeedsPlan {
+                path,
+                target,
+                base,
+                base_len,
+                base_versions: versions,
+            }
         })
         .collect()
 }
@@ -119,7 +127,11 @@ fn most_similar(
             continue;
         }
         // More traits, then the same name, then the closer size.
-        let score = (matches, path.file_name() == f.path.file_name(), u64::MAX - size.abs_diff(f.size));
+        let score = (
+            matches,
+            path.file_name() == f.path.file_name(),
+            u64::MAX - size.abs_diff(f.size),
+        );
         if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
             best = Some((score, hash, size));
         }
@@ -146,27 +158,70 @@ mod tests {
                 kind: EntryKind::File(FileEntry {
                     size: c.len() as u64,
                     hash: h(c),
-                    sig: SigRef { len: 0, depth: 1, hash: h("") },
+                    sig: SigRef {
+                        len: 0,
+                        depth: 1,
+                        hash: h(""),
+                    },
                     needs: vec![],
                 }),
             })
             .collect();
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Manifest { package: PackageName::new("p").unwrap(), version, published_ms: 0, params: LevelParams::default(), entries }
+        Manifest {
+            package: PackageName::new("p").unwrap(),
+            version,
+            published_ms: 0,
+            params: LevelParams::default(),
+            entries,
+        }
     }
 
     fn new(files: &[(&str, &str)]) -> Vec<NewFile> {
-        files.iter().map(|(p, c)| NewFile { path: RelPath::new(p).unwrap(), hash: h(c), size: c.len() as u64 }).collect()
+        files
+            .iter()
+            .map(|(p, c)| NewFile {
+                path: RelPath::new(p).unwrap(),
+                hash: h(c),
+                size: c.len() as u64,
+            })
+            .collect()
     }
 
     #[test]
     fn same_path_unchanged_and_moved() {
-        let v1 = manifest(1, &[("a", "A1"), ("b", "B1"), ("c", "C1"), ("old/name", "MOVED1")]);
-        let v2 = manifest(2, &[("a", "A2"), ("b", "B1"), ("c", "C1"), ("old/name", "MOVED1")]);
-        let files = new(&[("a", "A3"), ("b", "B1"), ("renamed-c", "C1"), ("new/name", "MOVED2"), ("fresh", "F")]);
+        let v1 = manifest(
+            1,
+            &[
+                ("a", "A1"),
+                ("b", "B1"),
+                ("c", "C1"),
+                ("old/name", "MOVED1"),
+            ],
+        );
+        let v2 = manifest(
+            2,
+            &[
+                ("a", "A2"),
+                ("b", "B1"),
+                ("c", "C1"),
+                ("old/name", "MOVED1"),
+            ],
+        );
+        let files = new(&[
+            ("a", "A3"),
+            ("b", "B1"),
+            ("renamed-c", "C1"),
+            ("new/name", "MOVED2"),
+            ("fresh", "F"),
+        ]);
         // Traits: MOVED1 and MOVED2 are similar; F is like nothing.
         let mut traits = |c: &ContentHash| -> Option<Traits> {
-            let t = if *c == h("MOVED1") || *c == h("MOVED2") { [7u8; 16] } else { [c.0[0] & 63; 16] };
+            let t = if *c == h("MOVED1") || *c == h("MOVED2") {
+                [7u8; 16]
+            } else {
+                [c.0[0] & 63; 16]
+            };
             let mut t = t;
             if *c == h("MOVED2") {
                 t[0] = 1; // 15 of 16 equal
@@ -174,8 +229,10 @@ mod tests {
             Some(Traits(t))
         };
         let plans = plan_needs(&files, &[&v1, &v2], &mut traits);
-        let got: Vec<(&str, ContentHash, Vec<u64>)> =
-            plans.iter().map(|p| (p.path.as_str(), p.base, p.base_versions.clone())).collect();
+        let got: Vec<(&str, ContentHash, Vec<u64>)> = plans
+            .iter()
+            .map(|p| (p.path.as_str(), p.base, p.base_versions.clone()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -188,7 +245,9 @@ mod tests {
 
     #[test]
     fn window_is_four_versions() {
-        let olds: Vec<Manifest> = (1..=6).map(|v| manifest(v, &[("f", &format!("v{v}"))])).collect();
+        let olds: Vec<Manifest> = (1..=6)
+            .map(|v| manifest(v, &[("f", &format!("v{v}"))]))
+            .collect();
         let refs: Vec<&Manifest> = olds.iter().collect();
         let plans = plan_needs(&new(&[("f", "v7")]), &refs, &mut |_| None);
         let mut versions: Vec<u64> = plans.iter().flat_map(|p| p.base_versions.clone()).collect();

@@ -60,7 +60,11 @@ impl SigHeader {
 
 /// Encodes a container.
 pub fn encode(params: LevelParams, content_len: u64, files: &SignatureFiles) -> Vec<u8> {
-    let header = SigHeader { params, content_len, levels: files.files.iter().map(|f| f.len() as u64).collect() };
+    let header = SigHeader {
+        params,
+        content_len,
+        levels: files.files.iter().map(|f| f.len() as u64).collect(),
+    };
     let h = postcard::to_allocvec(&header).expect("serialising owned data into a Vec cannot fail");
     let mut out = SIG_MAGIC.to_vec();
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
@@ -85,12 +89,18 @@ pub fn decode_header(prefix: &[u8]) -> Result<(SigHeader, u64), SigStoreError> {
         return Err(SigStoreError::Format(format!("header of {len} bytes")));
     }
     let body = prefix.get(12..12 + len).ok_or(SigStoreError::Incomplete)?;
-    let header: SigHeader = postcard::from_bytes(body).map_err(|e| SigStoreError::Format(e.to_string()))?;
+    let header: SigHeader =
+        postcard::from_bytes(body).map_err(|e| SigStoreError::Format(e.to_string()))?;
     if header.levels.is_empty() || header.levels.len() > MAX_LEVELS {
-        return Err(SigStoreError::Format(format!("{} levels", header.levels.len())));
+        return Err(SigStoreError::Format(format!(
+            "{} levels",
+            header.levels.len()
+        )));
     }
     for &l in &header.levels {
-        if l < sigfile::HEADER_LEN as u64 || (l - sigfile::HEADER_LEN as u64) % sigfile::RECORD_LEN as u64 != 0 {
+        if l < sigfile::HEADER_LEN as u64
+            || !(l - sigfile::HEADER_LEN as u64).is_multiple_of(sigfile::RECORD_LEN as u64)
+        {
             return Err(SigStoreError::Format(format!("level of {l} bytes")));
         }
     }
@@ -102,11 +112,16 @@ pub fn decode(bytes: &[u8]) -> Result<(SigHeader, SignatureFiles), SigStoreError
     let (header, start) = decode_header(bytes)?;
     let total = start + header.levels.iter().sum::<u64>();
     if bytes.len() as u64 != total {
-        return Err(SigStoreError::Format(format!("{} bytes, header says {total}", bytes.len())));
+        return Err(SigStoreError::Format(format!(
+            "{} bytes, header says {total}",
+            bytes.len()
+        )));
     }
     let mut files = Vec::with_capacity(header.depth());
     for level in 1..=header.depth() {
-        let r = header.level_range(start, level).ok_or_else(|| SigStoreError::Format("level".into()))?;
+        let r = header
+            .level_range(start, level)
+            .ok_or_else(|| SigStoreError::Format("level".into()))?;
         let file = &bytes[r.start as usize..r.end as usize];
         sigfile::records(file).map_err(|e| SigStoreError::Format(format!("level {level}: {e}")))?;
         files.push(file.to_vec());
@@ -121,7 +136,9 @@ mod tests {
 
     #[test]
     fn round_trip_and_ranges() {
-        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+        let data: Vec<u8> = (0..5_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect();
         let files = signature_files(&data, LevelParams::default());
         assert!(files.depth() >= 2);
         let c = encode(LevelParams::default(), data.len() as u64, &files);
@@ -129,7 +146,10 @@ mod tests {
         assert_eq!(h.content_len, data.len() as u64);
         for level in 1..=h.depth() {
             let r = h.level_range(start, level).unwrap();
-            assert_eq!(&c[r.start as usize..r.end as usize], &files.files[level - 1][..]);
+            assert_eq!(
+                &c[r.start as usize..r.end as usize],
+                &files.files[level - 1][..]
+            );
         }
         assert_eq!(decode(&c).unwrap().1, files);
         assert_eq!(decode_header(&c[..5]), Err(SigStoreError::Incomplete));

@@ -63,7 +63,9 @@ pub struct InvalidReport(pub String);
 
 fn printable(s: &str, max: usize, what: &str) -> Result<(), InvalidReport> {
     if s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
-        return Err(InvalidReport(format!("{what} must be 1-{max} printable characters")));
+        return Err(InvalidReport(format!(
+            "{what} must be 1-{max} printable characters"
+        )));
     }
     Ok(())
 }
@@ -105,7 +107,8 @@ mod tests {
     use super::*;
 
     fn from_json(body: &[u8]) -> Result<StatusReport, InvalidReport> {
-        let r: StatusReport = serde_json::from_slice(body).map_err(|e| InvalidReport(e.to_string()))?;
+        let r: StatusReport =
+            serde_json::from_slice(body).map_err(|e| InvalidReport(e.to_string()))?;
         r.validate()?;
         Ok(r)
     }

@@ -5,6 +5,8 @@
 //! executables (`target/<profile>/peerdelta`); the agent crate has an
 //! integration test, which makes cargo build it before any test runs.
 
+pub mod fixtures;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -74,4 +76,201 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Running {
+    /// The process.
+    pub child: std::process::Child,
+    /// What it printed on stdout before it was ready.
+    pub banner: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and waits for a stdout line starting with `prefix`; returns
+/// the process and the rest of that line.
+pub fn start_until(cmd: &mut Command, prefix: &str) -> (Running, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut banner = String::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                banner.push_str(&line);
+                banner.push('\n');
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    let rest = rest.trim().to_owned();
+                    // Keep draining stdout so the child never blocks on it.
+                    std::thread::spawn(move || for _ in lines.by_ref() {});
+                    return (Running { child, banner }, rest);
+                }
+            }
+            _ => {
+                let status = child.wait();
+                panic!("{cmd:?} exited before printing {prefix:?}: {status:?}\n{banner}");
+            }
+        }
+    }
+}
+
+/// A running `peerdelta dp serve`.
+pub struct DpServer {
+    /// The process.
+    pub process: Running,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl DpServer {
+    /// Serves the library at `lib` on a free loopback port.
+    pub fn start(lib: &Path) -> DpServer {
+        let (process, url) = start_until(
+            peerdelta(["dp", "serve", "--listen", "127.0.0.1:0", "--library"]).arg(lib),
+            "listening on http://",
+        );
+        DpServer { process, addr: url }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The parts of a `multipart/byteranges` body: `(start, end inclusive, bytes)`.
+    pub fn byteranges(&self) -> Vec<(u64, u64, Vec<u8>)> {
+        let ct = self.header("content-type").expect("content-type");
+        let boundary = ct
+            .split("boundary=")
+            .nth(1)
+            .expect("boundary")
+            .trim_matches('"');
+        let delim = format!("--{boundary}");
+        let mut out = Vec::new();
+        let body = &self.body;
+        let mut pos = 0;
+        while let Some(i) = find(&body[pos..], delim.as_bytes()) {
+            let start = pos + i + delim.len();
+            if body[start..].starts_with(b"--") {
+                break;
+            }
+            let head_end = start + find(&body[start..], b"\r\n\r\n").expect("part headers") + 4;
+            let head = String::from_utf8_lossy(&body[start..head_end]).to_lowercase();
+            let range = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-range: bytes "))
+                .expect("content-range");
+            let (ab, _) = range.split_once('/').expect("range/len");
+            let (a, b) = ab.split_once('-').expect("a-b");
+            let (a, b): (u64, u64) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+            let data = body[head_end..head_end + (b - a + 1) as usize].to_vec();
+            pos = head_end + data.len();
+            out.push((a, b, data));
+        }
+        out
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`, body by Content-Length
+/// or to the end), enough to check servers byte for byte.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let head_end = find(&raw, b"\r\n\r\n").expect("response headers") + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[head_end..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = find(b, b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+    out
+}
+
+/// GET a path.
+pub fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    http(addr, "GET", path, headers, b"")
 }

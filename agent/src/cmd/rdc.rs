@@ -9,13 +9,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use peerdelta_protocol::hex;
 use peerdelta_protocol::needs::{Need, SeedLevels, apply, recursive_needs, summarize};
-use peerdelta_protocol::rdc::{
-    self, Chunk, LevelParams, MAX_LEVELS, ParallelOptions, Params, SignatureBuilder,
-    SignatureFiles, depth_for, sign_parallel,
-};
+use peerdelta_protocol::rdc::{self, LevelParams, MAX_LEVELS, Params, depth_for};
 use serde::Serialize;
 
 use crate::fsutil::{AtomicFile, FileSource, write_atomic};
+pub use crate::signing::sign_file;
 use crate::usage;
 
 /// The `rdc` subcommands.
@@ -176,39 +174,6 @@ fn threads(requested: Option<u32>) -> usize {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |t| t as usize,
     )
-}
-
-/// Signs `path` on `threads` threads: level 1 in parallel, the levels above it
-/// streamed from level 1's records. `sink(level, chunk)` sees every chunk.
-pub fn sign_file(
-    path: &Path,
-    params: LevelParams,
-    levels: usize,
-    threads: usize,
-    keep_files: bool,
-    sink: &mut impl FnMut(usize, &Chunk),
-) -> anyhow::Result<SignatureFiles> {
-    let src = FileSource::open(path)?;
-    let mut builder = SignatureBuilder::new(params, levels);
-    if !keep_files {
-        builder = builder.without_files();
-    }
-    let mut batch: Vec<Chunk> = Vec::with_capacity(4096);
-    sign_parallel(
-        &src,
-        params.level1,
-        ParallelOptions::new(threads),
-        &mut |c| {
-            batch.push(*c);
-            if batch.len() == batch.capacity() {
-                builder.push_level1(&batch, sink);
-                batch.clear();
-            }
-        },
-    )
-    .with_context(|| format!("reading {}", path.display()))?;
-    builder.push_level1(&batch, sink);
-    Ok(builder.finish(sink))
 }
 
 fn sig(a: SigArgs) -> anyhow::Result<()> {

@@ -1,0 +1,191 @@
+//! `peerdelta dp prune` and `peerdelta dp verify`.
+
+use std::collections::HashSet;
+use std::fs;
+
+use anyhow::Context;
+use ed25519_dalek::VerifyingKey;
+use peerdelta_protocol::manifest::EntryKind;
+use peerdelta_protocol::publish::WINDOW;
+use peerdelta_protocol::{ContentHash, layout, needsfile};
+use serde::Serialize;
+
+use super::library::Library;
+
+/// What `dp prune` removed (or would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneSummary {
+    /// Always "prune".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Signature containers removed.
+    pub removed: u64,
+    /// Their bytes.
+    pub removed_bytes: u64,
+    /// Signature containers kept.
+    pub kept: u64,
+    /// Nothing was deleted.
+    pub dry_run: bool,
+}
+
+/// Removes the signatures of contents that no package's newest `WINDOW + 1`
+/// versions use. Older versions stay downloadable (contents and needs lists
+/// are kept); receivers further behind than the window use client-side RDC
+/// against the newest version's signatures, which are kept.
+pub fn prune(lib: &Library, key: &VerifyingKey, dry_run: bool) -> anyhow::Result<PruneSummary> {
+    let _lock = lib.lock()?;
+    let mut keep: HashSet<String> = HashSet::new();
+    for p in lib.packages()? {
+        let Some(index) = lib.index(&p, key)? else {
+            continue;
+        };
+        for e in index.versions.iter().rev().take(WINDOW + 1) {
+            let (m, _) = lib.manifest(&p, e.version, key)?;
+            for (_, f) in m.files() {
+                keep.insert(format!("{}.rdc", f.hash));
+            }
+        }
+    }
+    let (mut removed, mut removed_bytes, mut kept) = (0, 0, 0);
+    let dir = lib.path("sigs");
+    for shard in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let shard = shard?.path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&shard).with_context(|| format!("listing {}", shard.display()))? {
+            let f = f?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                kept += 1;
+                continue;
+            }
+            removed += 1;
+            removed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+            if !dry_run {
+                fs::remove_file(f.path())
+                    .with_context(|| format!("removing {}", f.path().display()))?;
+            }
+        }
+    }
+    Ok(PruneSummary {
+        kind: "prune",
+        removed,
+        removed_bytes,
+        kept,
+        dry_run,
+    })
+}
+
+/// One problem found by `dp verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// The package and version that names the file.
+    pub package: String,
+    /// Version.
+    pub version: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Checks every version of every package: the signed index and manifests,
+/// and that every content, signature container and needs list they name is
+/// present (with `full`, also that its BLAKE3 matches).
+pub fn verify(
+    lib: &Library,
+    key: &VerifyingKey,
+    full: bool,
+) -> anyhow::Result<(u64, Vec<Problem>)> {
+    let mut problems = Vec::new();
+    let mut checked: HashSet<String> = HashSet::new();
+    let mut versions = 0;
+    for p in lib.packages()? {
+        let index = match lib.index(&p, key) {
+            Ok(Some(i)) => i,
+            Ok(None) => continue,
+            Err(e) => {
+                problems.push(Problem {
+                    package: p.to_string(),
+                    version: 0,
+                    problem: format!("{e:#}"),
+                });
+                continue;
+            }
+        };
+        for e in &index.versions {
+            versions += 1;
+            let mut report = |problem: String| {
+                problems.push(Problem {
+                    package: p.to_string(),
+                    version: e.version,
+                    problem,
+                })
+            };
+            let (m, raw) = match lib.manifest(&p, e.version, key) {
+                Ok(x) => x,
+                Err(err) => {
+                    report(format!("{err:#}"));
+                    continue;
+                }
+            };
+            if ContentHash::of(&raw) != e.manifest_hash {
+                report("manifest does not match the index".into());
+            }
+            for entry in &m.entries {
+                let EntryKind::File(f) = &entry.kind else {
+                    continue;
+                };
+                let mut files = vec![(layout::content(&f.hash), Some(f.hash), Some(f.size))];
+                files.push((layout::sigs(&f.hash), Some(f.sig.hash), Some(f.sig.len)));
+                for n in &f.needs {
+                    files.push((
+                        layout::needs(&n.base, &f.hash),
+                        Some(n.file_hash),
+                        Some(n.file_len),
+                    ));
+                }
+                for (rel, hash, size) in files {
+                    if !checked.insert(rel.clone()) {
+                        continue;
+                    }
+                    let path = lib.path(&rel);
+                    match fs::metadata(&path) {
+                        Err(_) if rel.starts_with("sigs/") => {} // may have been pruned
+                        Err(_) => report(format!("{rel} is missing ({})", entry.path)),
+                        Ok(meta) if size.is_some_and(|s| s != meta.len()) => report(format!(
+                            "{rel} has {} bytes, expected {}",
+                            meta.len(),
+                            size.unwrap_or(0)
+                        )),
+                        Ok(_) if full => match hash_file(&path) {
+                            Ok(h) if Some(h) == hash => {
+                                if rel.starts_with("needs/")
+                                    && let Err(err) =
+                                        fs::read(&path).map_err(anyhow::Error::from).and_then(|b| {
+                                            needsfile::decode(&b)
+                                                .map(|_| ())
+                                                .map_err(anyhow::Error::from)
+                                        })
+                                {
+                                    report(format!("{rel}: {err:#}"));
+                                }
+                            }
+                            Ok(h) => report(format!("{rel} has BLAKE3 {h}")),
+                            Err(err) => report(format!("{rel}: {err:#}")),
+                        },
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok((versions, problems))
+}
+
+fn hash_file(path: &std::path::Path) -> anyhow::Result<ContentHash> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().into())
+}

@@ -1,0 +1,349 @@
+//! The distribution point: `peerdelta dp …`.
+
+pub mod library;
+pub mod list;
+pub mod maintain;
+pub mod publish;
+pub mod serve;
+pub mod status;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use peerdelta_protocol::manifest::PackageName;
+
+use crate::logging::{self, LogFormat};
+use crate::usage;
+use crate::util::{cores, human_bytes};
+use library::Library;
+
+/// The `dp` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DpCommand {
+    /// Create a library and the DP's ed25519 key pair.
+    Init(LibArgs),
+    /// Publish a directory tree as the next version of a package; prints the version.
+    Publish(PublishArgs),
+    /// Serve the library over HTTP (Range, multi-range, ETag), accept status
+    /// reports (POST /status) and expose Prometheus metrics (/metrics).
+    Serve(ServeArgs),
+    /// List the status reports receivers sent.
+    Status(StatusArgs),
+    /// List packages and versions, with what a receiver holding each of the
+    /// previous versions downloads.
+    List(ListArgs),
+    /// Remove signatures that no package's newest five versions use.
+    Prune(PruneArgs),
+    /// Check every manifest and the files it names.
+    Verify(VerifyArgs),
+}
+
+/// Where the library is.
+#[derive(Args, Debug, Clone)]
+pub struct LibArgs {
+    /// The library directory (the tree a web server serves).
+    #[arg(long, env = "PEERDELTA_LIBRARY")]
+    library: PathBuf,
+    /// The private directory (key, lock, status reports); default `<LIBRARY>.private`.
+    #[arg(long, env = "PEERDELTA_PRIVATE")]
+    private: Option<PathBuf>,
+}
+
+impl LibArgs {
+    fn library(&self) -> Library {
+        Library::at(&self.library, self.private.as_deref())
+    }
+}
+
+/// Arguments of `dp publish`.
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// The package name (A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    package: String,
+    /// The directory tree to publish.
+    source: PathBuf,
+    /// Print a JSON summary instead of the version number.
+    #[arg(long)]
+    json: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+    /// A needs list is written only if it saves at least this many bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    min_saving: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+}
+
+/// Arguments of `dp serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// Address to listen on (port 0 picks a free port, printed on stdout).
+    #[arg(long, env = "PEERDELTA_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PEERDELTA_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// Arguments of `dp status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// Only reports about this package.
+    #[arg(long)]
+    package: Option<String>,
+    /// JSON output (an array of reports).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dp list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// Only this package.
+    #[arg(long)]
+    package: Option<String>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dp prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// Report what would be removed without removing it.
+    #[arg(long)]
+    dry_run: bool,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dp verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// Also re-hash every file (slow on a large library).
+    #[arg(long)]
+    full: bool,
+}
+
+fn package(name: &str) -> anyhow::Result<PackageName> {
+    PackageName::new(name).map_err(|e| usage!("{e}"))
+}
+
+/// Runs a `dp` subcommand.
+pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
+    match cmd {
+        DpCommand::Init(a) => {
+            logging::init(LogFormat::Text, "warn");
+            let lib = a.library();
+            let key = lib.init()?;
+            println!(
+                "created library {} (private files in {})",
+                lib.root.display(),
+                lib.private.display()
+            );
+            println!(
+                "DP public key: {}",
+                peerdelta_protocol::hex::encode(key.as_bytes())
+            );
+            Ok(())
+        }
+        DpCommand::Publish(a) => {
+            logging::init(
+                LogFormat::Text,
+                if a.quiet || a.json { "warn" } else { "info" },
+            );
+            let lib = a.lib.library();
+            let opts = publish::PublishOptions {
+                package: package(&a.package)?,
+                source: a.source.clone(),
+                min_saving: a.min_saving,
+                threads: a.threads.map_or_else(cores, |t| t as usize),
+                progress: !a.quiet && !a.json,
+            };
+            let s = publish::publish(&lib, &opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("{}", s.version);
+                if !a.quiet {
+                    eprintln!(
+                        "published {} version {}: {} files, {}, {} new content ({}), {} needs lists written, {} reused, in {:.1} s ({:.0} MB/s)",
+                        s.package,
+                        s.version,
+                        s.files,
+                        human_bytes(s.bytes),
+                        s.new_contents,
+                        human_bytes(s.new_content_bytes),
+                        s.needs_lists_written,
+                        s.needs_lists_reused,
+                        s.seconds,
+                        s.mb_per_s
+                    );
+                }
+            }
+            Ok(())
+        }
+        DpCommand::Serve(a) => {
+            logging::init(a.log_format, "info");
+            let lib = a.lib.library();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(serve::serve(lib, a.listen))
+        }
+        DpCommand::Status(a) => {
+            let lib = a.lib.library();
+            lib.check()?;
+            let filter = a.package.as_deref().map(package).transpose()?;
+            let (reports, bad) = status::read_all(&lib)?;
+            let reports: Vec<_> = reports
+                .into_iter()
+                .filter(|r| filter.as_ref().is_none_or(|p| r.report.package == *p))
+                .collect();
+            if bad > 0 {
+                eprintln!("peerdelta: warning: {bad} unreadable lines in the status log");
+            }
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &reports)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<20} {:<20} {:<16} {:>7}  {:<13} details",
+                "received (UTC)", "agent", "package", "version", "event"
+            )?;
+            for r in &reports {
+                let details = match &r.report.event {
+                    peerdelta_protocol::status::StatusEvent::Completed {
+                        wan_bytes,
+                        lan_bytes,
+                        reused_bytes,
+                    } => {
+                        format!("wan {wan_bytes} B, lan {lan_bytes} B, reused {reused_bytes} B")
+                    }
+                    peerdelta_protocol::status::StatusEvent::HashFailure {
+                        content,
+                        source,
+                        detail,
+                    } => {
+                        format!("content {content} from {source}: {detail}")
+                    }
+                    peerdelta_protocol::status::StatusEvent::Held { versions } => {
+                        format!("holds {versions:?}")
+                    }
+                };
+                writeln!(
+                    out,
+                    "{:<20} {:<20} {:<16} {:>7}  {:<13} {details}",
+                    crate::util::utc(r.received_ms),
+                    r.report.agent,
+                    r.report.package,
+                    r.report.version,
+                    r.report.kind()
+                )?;
+            }
+            Ok(())
+        }
+        DpCommand::List(a) => {
+            let lib = a.lib.library();
+            let key = lib.public_key()?;
+            let packages = match &a.package {
+                Some(p) => vec![package(p)?],
+                None => lib.packages()?,
+            };
+            let rows = packages
+                .iter()
+                .map(|p| list::list_package(&lib, p, &key))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            for p in &rows {
+                writeln!(out, "{}", p.package)?;
+                for v in &p.versions {
+                    let deltas: Vec<String> = v
+                        .from_previous
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "from v{}: {} ({:.1}%)",
+                                d.from,
+                                human_bytes(d.bytes),
+                                100.0 * d.bytes as f64 / v.bytes.max(1) as f64
+                            )
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "  v{:<5} {:>6} files {:>10}   {}",
+                        v.version,
+                        v.files,
+                        human_bytes(v.bytes),
+                        if deltas.is_empty() {
+                            "(first version)".to_owned()
+                        } else {
+                            deltas.join(", ")
+                        }
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        DpCommand::Prune(a) => {
+            let lib = a.lib.library();
+            let key = lib.public_key()?;
+            let s = maintain::prune(&lib, &key, a.dry_run)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "{} {} signature containers ({}), kept {}",
+                    if s.dry_run { "would remove" } else { "removed" },
+                    s.removed,
+                    human_bytes(s.removed_bytes),
+                    s.kept
+                );
+            }
+            Ok(())
+        }
+        DpCommand::Verify(a) => {
+            let lib = a.lib.library();
+            let key = lib.public_key()?;
+            let (versions, problems) = maintain::verify(&lib, &key, a.full)?;
+            for p in &problems {
+                println!("{} v{}: {}", p.package, p.version, p.problem);
+            }
+            if problems.is_empty() {
+                println!("{versions} versions verified");
+                Ok(())
+            } else {
+                anyhow::bail!("{} problems in {versions} versions", problems.len())
+            }
+        }
+    }
+}

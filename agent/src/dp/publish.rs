@@ -1,0 +1,674 @@
+//! `peerdelta dp publish`: a directory tree becomes the next version of a
+//! package.
+//!
+//! 1. Under the publish lock, recover from a publish that died: versions
+//!    renamed into place but missing from the index are added, temporary files
+//!    removed.
+//! 2. Scan the tree, refusing symlinks, special files, names that are not
+//!    UTF-8 and paths that could escape the package root, naming the path.
+//! 3. Hash every file (BLAKE3, several files at once). Contents already in the
+//!    library cost nothing more: identical, renamed or moved files, and a
+//!    re-publish of the same tree, are only hashed.
+//! 4. Copy each new content into the library (checking it did not change since
+//!    it was hashed) and sign it (MS-RDC, all levels its size needs): small
+//!    files on all cores at once, large files one at a time on all cores.
+//! 5. Plan needs lists against the previous versions (`protocol::publish`),
+//!    compute the missing ones, and keep those that save at least
+//!    `--min-saving` bytes over sending the whole file.
+//! 6. Write the signed manifest into a new version directory, rename it into
+//!    place, then replace the signed index. A reader never sees a partial
+//!    version: until the rename there is no version directory, and every file
+//!    a manifest names is written before it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::VerifyingKey;
+use peerdelta_protocol::manifest::{
+    self, Entry, EntryKind, FileEntry, INDEX_MAGIC, IndexEntry, MANIFEST_MAGIC, Manifest, NeedsRef,
+    PackageIndex, PackageName, RelPath, SigRef,
+};
+use peerdelta_protocol::needs::{compare, summarize};
+use peerdelta_protocol::publish::{NeedsPlan, NewFile, WINDOW, plan_needs};
+use peerdelta_protocol::rdc::{LevelParams, Signature, Traits, sigfile, similarity};
+use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
+use serde::Serialize;
+
+use super::library::{Library, write_synced};
+use crate::fsutil::{FileSource, sync_dir};
+use crate::progress::Progress;
+use crate::util::{now_ms, par_map};
+
+/// Files at least this large are signed one at a time on all cores; smaller
+/// ones are signed several at once, one core each.
+const BIG_FILE: u64 = 32 << 20;
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The package.
+    pub package: PackageName,
+    /// The directory tree.
+    pub source: PathBuf,
+    /// A needs list must save at least this many bytes over the whole file.
+    pub min_saving: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Show progress.
+    pub progress: bool,
+}
+
+/// What a publish did (`--json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishSummary {
+    /// Always "publish".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The package.
+    pub package: String,
+    /// The new version.
+    pub version: u64,
+    /// Files in the version.
+    pub files: u64,
+    /// Directories in the version.
+    pub dirs: u64,
+    /// Bytes of the files.
+    pub bytes: u64,
+    /// Contents not in the library before.
+    pub new_contents: u64,
+    /// Their bytes.
+    pub new_content_bytes: u64,
+    /// Signature bytes written for them.
+    pub signature_bytes: u64,
+    /// Needs lists computed and written.
+    pub needs_lists_written: u64,
+    /// Needs lists that already existed.
+    pub needs_lists_reused: u64,
+    /// Needs lists not written because the whole file is about as cheap.
+    pub needs_lists_skipped: u64,
+    /// Versions found complete but missing from the index, and added.
+    pub recovered_versions: Vec<u64>,
+    /// Wall time in seconds, in total and per phase.
+    pub seconds: f64,
+    /// Seconds hashing the tree.
+    pub hash_seconds: f64,
+    /// Seconds copying and signing new contents.
+    pub store_seconds: f64,
+    /// Seconds computing needs lists.
+    pub needs_seconds: f64,
+    /// Tree bytes per second over the whole publish, in MB/s.
+    pub mb_per_s: f64,
+}
+
+struct Scanned {
+    rel: RelPath,
+    abs: PathBuf,
+    mode: u32,
+    /// Size for a file, `None` for a directory.
+    size: Option<u64>,
+}
+
+/// Publishes `opts.source` as the next version of `opts.package`.
+pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSummary> {
+    let started = Instant::now();
+    let key = lib.signing_key()?;
+    let public = key.verifying_key();
+    let params = LevelParams::default();
+    let _lock = lib.lock()?;
+    let (mut index, recovered) = recover(lib, &opts.package, &public)?;
+
+    let tree = scan(&opts.source)?;
+    let files: Vec<&Scanned> = tree.iter().filter(|e| e.size.is_some()).collect();
+    let total: u64 = files.iter().filter_map(|f| f.size).sum();
+    tracing::info!(package = %opts.package, files = files.len(), bytes = total, "publishing {}", opts.source.display());
+
+    // Hash.
+    let t = Instant::now();
+    let progress = Progress::new("hashing", files.len() as u64, total, opts.progress);
+    let hashes = par_map(&files, opts.threads, |f| {
+        let h = hash_file(&f.abs, f.size.unwrap_or(0))?;
+        progress.add(1, f.size.unwrap_or(0));
+        Ok(h)
+    })?;
+    drop(progress);
+    let hash_seconds = t.elapsed().as_secs_f64();
+
+    // Previous versions: their signature references can be reused.
+    let previous = previous_manifests(lib, &opts.package, index.as_ref(), &public)?;
+    let mut known: HashMap<ContentHash, SigRef> = HashMap::new();
+    for m in &previous {
+        for (_, f) in m.files() {
+            known.insert(f.hash, f.sig);
+        }
+    }
+
+    // Store and sign new contents (each content once).
+    let t = Instant::now();
+    let mut unique: BTreeMap<ContentHash, (&Path, u64)> = BTreeMap::new();
+    for (f, h) in files.iter().zip(&hashes) {
+        unique.entry(*h).or_insert((&f.abs, f.size.unwrap_or(0)));
+    }
+    let mut missing: Vec<(ContentHash, &Path, u64)> = Vec::new();
+    let mut sig_refs: HashMap<ContentHash, SigRef> = HashMap::new();
+    for (h, (path, size)) in &unique {
+        let stored = lib.has(&layout::content(h)) && lib.has(&layout::sigs(h));
+        match (stored, known.get(h)) {
+            (true, Some(s)) => {
+                sig_refs.insert(*h, *s);
+            }
+            (true, None) => {
+                sig_refs.insert(*h, stored_sig_ref(lib, h)?);
+            }
+            (false, _) => missing.push((*h, path, *size)),
+        }
+    }
+    let new_bytes: u64 = missing.iter().map(|m| m.2).sum();
+    let progress = Progress::new("signing", missing.len() as u64, new_bytes, opts.progress);
+    let (big, small): (Vec<_>, Vec<_>) = missing.iter().partition(|m| m.2 >= BIG_FILE);
+    let mut stored = par_map(&small, opts.threads, |(h, path, size)| {
+        let r = store_content(lib, h, path, *size, params, 1)?;
+        progress.add(1, *size);
+        Ok((*h, r))
+    })?;
+    for (h, path, size) in &big {
+        stored.push((
+            *h,
+            store_content(lib, h, path, *size, params, opts.threads)?,
+        ));
+        progress.add(1, *size);
+    }
+    drop(progress);
+    let signature_bytes = stored.iter().map(|(_, s)| s.len).sum();
+    sig_refs.extend(stored);
+    let store_seconds = t.elapsed().as_secs_f64();
+
+    // Needs lists.
+    let t = Instant::now();
+    let new_files: Vec<NewFile> = files
+        .iter()
+        .zip(&hashes)
+        .map(|(f, h)| NewFile {
+            path: f.rel.clone(),
+            hash: *h,
+            size: f.size.unwrap_or(0),
+        })
+        .collect();
+    let prev_refs: Vec<&Manifest> = previous.iter().collect();
+    let plans = plan_needs(&new_files, &prev_refs, &mut |h| {
+        traits(lib, h).ok().flatten()
+    });
+    let mut pairs: BTreeMap<(ContentHash, ContentHash), u64> = BTreeMap::new();
+    for p in &plans {
+        pairs.insert((p.base, p.target), p.base_len);
+    }
+    let pairs: Vec<((ContentHash, ContentHash), u64)> = pairs.into_iter().collect();
+    let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
+    let made = par_map(&pairs, opts.threads, |&((base, target), base_len)| {
+        let target_len = sizes.get(&target).copied().unwrap_or(0);
+        needs_list(lib, base, base_len, target, target_len, opts.min_saving)
+    })?;
+    let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
+    let (mut written, mut reused, mut skipped) = (0, 0, 0);
+    for (((base, target), _), outcome) in pairs.iter().zip(made) {
+        match outcome {
+            NeedsOutcome::Written(_) => written += 1,
+            NeedsOutcome::Reused(_) => reused += 1,
+            NeedsOutcome::NotWorth => skipped += 1,
+        }
+        made_by_pair.insert((*base, *target), outcome);
+    }
+    let mut needs_by_path: HashMap<&RelPath, Vec<NeedsRef>> = HashMap::new();
+    for p in &plans {
+        if let Some(NeedsOutcome::Written(info) | NeedsOutcome::Reused(info)) =
+            made_by_pair.get(&(p.base, p.target))
+        {
+            needs_by_path
+                .entry(&p.path)
+                .or_default()
+                .push(needs_ref(p, info));
+        }
+    }
+    let needs_seconds = t.elapsed().as_secs_f64();
+
+    // Manifest, version directory, index.
+    let version = index
+        .as_ref()
+        .and_then(|i| i.latest())
+        .map_or(1, |e| e.version + 1);
+    let mut entries = Vec::with_capacity(tree.len());
+    let mut hash_of: HashMap<&RelPath, ContentHash> = HashMap::new();
+    for (f, h) in files.iter().zip(&hashes) {
+        hash_of.insert(&f.rel, *h);
+    }
+    for e in &tree {
+        let kind = match e.size {
+            None => EntryKind::Dir,
+            Some(size) => {
+                let hash = hash_of[&e.rel];
+                let sig = *sig_refs
+                    .get(&hash)
+                    .context("a content without signatures")?;
+                EntryKind::File(FileEntry {
+                    size,
+                    hash,
+                    sig,
+                    needs: needs_by_path.remove(&e.rel).unwrap_or_default(),
+                })
+            }
+        };
+        entries.push(Entry {
+            path: e.rel.clone(),
+            mode: e.mode,
+            kind,
+        });
+    }
+    let manifest = Manifest {
+        package: opts.package.clone(),
+        version,
+        published_ms: now_ms(),
+        params,
+        entries,
+    };
+    manifest
+        .validate()
+        .context("the new manifest is inconsistent")?;
+    let sealed = manifest::seal(MANIFEST_MAGIC, &manifest, &key);
+    crate::fault::point("publish:before-version-dir");
+    write_version(lib, &opts.package, version, &sealed)?;
+    crate::fault::point("publish:after-version-dir");
+    let entry = IndexEntry {
+        version,
+        manifest_hash: ContentHash::of(&sealed),
+        manifest_len: sealed.len() as u64,
+        published_ms: manifest.published_ms,
+        files: files.len() as u64,
+        bytes: total,
+    };
+    let index = match index.as_mut() {
+        Some(i) => {
+            i.versions.push(entry);
+            i.clone()
+        }
+        None => PackageIndex {
+            package: opts.package.clone(),
+            versions: vec![entry],
+        },
+    };
+    lib.write_replace(
+        &layout::index(&opts.package),
+        &manifest::seal(INDEX_MAGIC, &index, &key),
+    )?;
+    crate::fault::point("publish:after-index");
+
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = PublishSummary {
+        kind: "publish",
+        package: opts.package.to_string(),
+        version,
+        files: files.len() as u64,
+        dirs: (tree.len() - files.len()) as u64,
+        bytes: total,
+        new_contents: missing.len() as u64,
+        new_content_bytes: new_bytes,
+        signature_bytes,
+        needs_lists_written: written,
+        needs_lists_reused: reused,
+        needs_lists_skipped: skipped,
+        recovered_versions: recovered,
+        seconds,
+        hash_seconds,
+        store_seconds,
+        needs_seconds,
+        mb_per_s: total as f64 / seconds.max(1e-9) / 1e6,
+    };
+    tracing::info!(package = %opts.package, version, new_bytes, needs = written, "published");
+    Ok(summary)
+}
+
+/// Takes versions that were renamed into place but not indexed (a publish died
+/// between the two steps) into the index, and empties the temporary directory.
+fn recover(
+    lib: &Library,
+    package: &PackageName,
+    key: &VerifyingKey,
+) -> anyhow::Result<(Option<PackageIndex>, Vec<u64>)> {
+    let tmp = lib.tmp_dir();
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for e in fs::read_dir(&tmp).with_context(|| format!("listing {}", tmp.display()))? {
+        let p = e?.path();
+        let _ = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+    let mut index = lib.index(package, key)?;
+    let latest = index
+        .as_ref()
+        .and_then(|i| i.latest())
+        .map_or(0, |e| e.version);
+    let dir = lib.path(&format!("packages/{package}"));
+    let mut found: Vec<u64> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .filter(|&v| v > latest)
+            .collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    found.sort_unstable();
+    let mut recovered = Vec::new();
+    for v in found {
+        if v != latest + 1 + recovered.len() as u64 {
+            bail!(
+                "{} has version {v} but not the versions before it; fix the library by hand",
+                dir.display()
+            );
+        }
+        let (m, bytes) = lib.manifest(package, v, key)?;
+        let entry = IndexEntry {
+            version: v,
+            manifest_hash: ContentHash::of(&bytes),
+            manifest_len: bytes.len() as u64,
+            published_ms: m.published_ms,
+            files: m.files().count() as u64,
+            bytes: m.total_bytes(),
+        };
+        match index.as_mut() {
+            Some(i) => i.versions.push(entry),
+            None => {
+                index = Some(PackageIndex {
+                    package: package.clone(),
+                    versions: vec![entry],
+                })
+            }
+        }
+        tracing::warn!(package = %package, version = v, "recovered a version a previous publish left out of the index");
+        recovered.push(v);
+    }
+    Ok((index, recovered))
+}
+
+/// Walks the tree in path order, refusing anything that is not a regular file
+/// or a directory, or whose name could not be reproduced safely.
+fn scan(root: &Path) -> anyhow::Result<Vec<Scanned>> {
+    let meta = fs::metadata(root).with_context(|| format!("reading {}", root.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_owned(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let abs = e.path();
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                bail!("{}: the name is not valid UTF-8", abs.display());
+            };
+            let rel_str = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let rel = RelPath::new(&rel_str).with_context(|| format!("{}", abs.display()))?;
+            let meta =
+                fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                let target = fs::read_link(&abs)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                bail!(
+                    "{}: symbolic links are not supported (it points to {target})",
+                    abs.display()
+                );
+            } else if ft.is_dir() {
+                stack.push((abs.clone(), rel_str));
+                out.push(Scanned {
+                    rel,
+                    abs,
+                    mode,
+                    size: None,
+                });
+            } else if ft.is_file() {
+                out.push(Scanned {
+                    rel,
+                    abs,
+                    mode,
+                    size: Some(meta.len()),
+                });
+            } else {
+                bail!(
+                    "{}: not a regular file or directory (device, socket or FIFO)",
+                    abs.display()
+                );
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// BLAKE3 of a file, checking it still has the size it was scanned with.
+fn hash_file(path: &Path, size: u64) -> anyhow::Result<ContentHash> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    let n = std::io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut h)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if n != size {
+        bail!(
+            "{} changed while it was being published ({size} bytes, then {n})",
+            path.display()
+        );
+    }
+    Ok(h.finalize().into())
+}
+
+/// Copies a content into the library, checking it is the content hashed
+/// earlier, and writes its signature container.
+fn store_content(
+    lib: &Library,
+    hash: &ContentHash,
+    src: &Path,
+    size: u64,
+    params: LevelParams,
+    threads: usize,
+) -> anyhow::Result<SigRef> {
+    let tmp = lib.tmp_path("content");
+    let result = (|| {
+        let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+        let mut output =
+            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut copied = 0u64;
+        loop {
+            let n = input
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", src.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            output
+                .write_all(&buf[..n])
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            copied += n as u64;
+        }
+        output
+            .sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        if ContentHash::from(hasher.finalize()) != *hash || copied != size {
+            bail!("{} changed while it was being published", src.display());
+        }
+        // Sign the copy: it is what the library serves.
+        let files = crate::signing::signature_levels(&tmp, params, threads)?;
+        let container = sigstore::encode(params, size, &files);
+        let sig = SigRef {
+            len: container.len() as u64,
+            depth: files.depth() as u8,
+            hash: ContentHash::of(&container),
+        };
+        lib.write_new(&layout::sigs(hash), &container)?;
+        crate::fault::point("publish:between-sigs-and-content");
+        lib.install(&tmp, &layout::content(hash))?;
+        Ok(sig)
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// The signature reference of a content stored by an earlier publish.
+fn stored_sig_ref(lib: &Library, hash: &ContentHash) -> anyhow::Result<SigRef> {
+    let path = lib.path(&layout::sigs(hash));
+    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (header, _) =
+        sigstore::decode_header(&bytes).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SigRef {
+        len: bytes.len() as u64,
+        depth: header.depth() as u8,
+        hash: ContentHash::of(&bytes),
+    })
+}
+
+/// Level-1 signatures of a stored content.
+fn level1(lib: &Library, hash: &ContentHash) -> anyhow::Result<Vec<Signature>> {
+    let path = lib.path(&layout::sigs(hash));
+    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (header, start) =
+        sigstore::decode_header(&bytes).with_context(|| format!("reading {}", path.display()))?;
+    let r = header
+        .level_range(start, 1)
+        .context("a signature container without level 1")?;
+    let level = bytes
+        .get(r.start as usize..r.end as usize)
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    sigfile::decode(level, usize::MAX).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Similarity traits of a stored content (`None` if its signatures were pruned).
+fn traits(lib: &Library, hash: &ContentHash) -> anyhow::Result<Option<Traits>> {
+    if !lib.has(&layout::sigs(hash)) {
+        return Ok(None);
+    }
+    Ok(Some(similarity(&level1(lib, hash)?)))
+}
+
+/// A needs list's file and what it saves.
+#[derive(Debug, Clone)]
+struct NeedsInfo {
+    file_hash: ContentHash,
+    file_len: u64,
+    origin_bytes: u64,
+}
+
+enum NeedsOutcome {
+    Written(NeedsInfo),
+    Reused(NeedsInfo),
+    NotWorth,
+}
+
+/// Makes (or finds) the needs list from `base` to `target`.
+fn needs_list(
+    lib: &Library,
+    base: ContentHash,
+    base_len: u64,
+    target: ContentHash,
+    target_len: u64,
+    min_saving: u64,
+) -> anyhow::Result<NeedsOutcome> {
+    let rel = layout::needs(&base, &target);
+    if lib.has(&rel) {
+        let bytes = fs::read(lib.path(&rel))
+            .with_context(|| format!("reading {}", lib.path(&rel).display()))?;
+        let nf = needsfile::decode(&bytes)
+            .with_context(|| format!("reading {}", lib.path(&rel).display()))?;
+        return Ok(NeedsOutcome::Reused(NeedsInfo {
+            file_hash: ContentHash::of(&bytes),
+            file_len: bytes.len() as u64,
+            origin_bytes: nf.origin_bytes(),
+        }));
+    }
+    if !lib.has(&layout::sigs(&base)) {
+        return Ok(NeedsOutcome::NotWorth); // the base's signatures were pruned
+    }
+    let needs = compare(&level1(lib, &target)?, &level1(lib, &base)?);
+    let origin = summarize(&needs).source_bytes;
+    // Each run costs about 40 bytes in the file; compare before building it.
+    let runs = needs
+        .iter()
+        .map(|n| n.len().div_ceil(needsfile::MAX_RUN))
+        .sum::<u64>();
+    if target_len
+        .saturating_sub(origin)
+        .saturating_sub(runs * 40 + 128)
+        < min_saving
+    {
+        return Ok(NeedsOutcome::NotWorth);
+    }
+    let content = FileSource::open(&lib.path(&layout::content(&target)))?;
+    let nf = needsfile::build(base, base_len, target, &needs, &content)
+        .with_context(|| format!("reading {}", lib.path(&layout::content(&target)).display()))?;
+    let bytes = nf.encode();
+    lib.write_new(&rel, &bytes)?;
+    Ok(NeedsOutcome::Written(NeedsInfo {
+        file_hash: ContentHash::of(&bytes),
+        file_len: bytes.len() as u64,
+        origin_bytes: nf.origin_bytes(),
+    }))
+}
+
+fn needs_ref(plan: &NeedsPlan, info: &NeedsInfo) -> NeedsRef {
+    NeedsRef {
+        base: plan.base,
+        base_versions: plan.base_versions.clone(),
+        file_hash: info.file_hash,
+        file_len: info.file_len,
+        origin_bytes: info.origin_bytes,
+    }
+}
+
+/// The newest [`WINDOW`] manifests of the package.
+fn previous_manifests(
+    lib: &Library,
+    package: &PackageName,
+    index: Option<&PackageIndex>,
+    key: &VerifyingKey,
+) -> anyhow::Result<Vec<Manifest>> {
+    let Some(index) = index else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in index.versions.iter().rev().take(WINDOW) {
+        out.push(lib.manifest(package, e.version, key)?.0);
+    }
+    Ok(out)
+}
+
+/// Renames a complete version directory into place.
+fn write_version(
+    lib: &Library,
+    package: &PackageName,
+    version: u64,
+    sealed: &[u8],
+) -> anyhow::Result<()> {
+    let tmp = lib.tmp_path("version");
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    write_synced(&tmp.join("manifest"), sealed)?;
+    sync_dir(&tmp)?;
+    let parent = lib.path(&format!("packages/{package}"));
+    fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let dest = parent.join(version.to_string());
+    if dest.exists() {
+        bail!("{} already exists", dest.display());
+    }
+    fs::rename(&tmp, &dest)
+        .with_context(|| format!("moving {} to {}", tmp.display(), dest.display()))?;
+    sync_dir(&parent)
+}

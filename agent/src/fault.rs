@@ -1,0 +1,12 @@
+//! Crash injection for tests: `PEERDELTA_FAULT=<point>` makes the process abort
+//! (no unwinding, no cleanup, like a power cut or SIGKILL) when it reaches the
+//! named point. Points are listed where they are used; an unset variable costs
+//! one environment lookup per point passed.
+
+/// Aborts the process if `PEERDELTA_FAULT` names `point`.
+pub fn point(point: &str) {
+    if std::env::var_os("PEERDELTA_FAULT").is_some_and(|v| v == point) {
+        eprintln!("peerdelta: fault injected at {point}: aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,16 @@
+//! peerdelta-agent: everything of peerdelta that touches the world: the
+//! distribution point (publisher, HTTP origin), the branch agent, the content
+//! cache, the HTTP client and the command-line interface built on them.
+//! The `peerdelta` binary (`src/main.rs`) is a thin shell over this library.
+
+pub mod cmd;
+pub mod dp;
+pub mod fault;
+pub mod fsutil;
+pub mod logging;
+pub mod progress;
+pub mod signing;
+pub mod usage;
+pub mod util;
+
+pub use usage::Usage;

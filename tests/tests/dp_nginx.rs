@@ -1,0 +1,193 @@
+//! The library is plain static files: Debian's nginx serving the same tree
+//! must work the same for downloads as `peerdelta dp serve`, byte for byte,
+//! ranges and multi-ranges included, and files rebuild from it.
+//!
+//! Skipped (with the reason printed) when nginx is not installed; `.ci/run`
+//! installs it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use peerdelta_protocol::ContentHash;
+use peerdelta_protocol::manifest::{Manifest, open_manifest, parse_public_key};
+use peerdelta_tests::fixtures::{rebuild_over_http, versions, write_tree};
+use peerdelta_tests::{DpServer, Running, get, http, peerdelta, run_ok};
+
+fn nginx_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx in the foreground, one process, everything under `dir`.
+fn start_nginx(bin: &Path, dir: &Path, root: &Path) -> (Running, String) {
+    let port = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  default_type application/octet-stream;\n\
+           client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+           uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location / {{ }}\n  }}\n}}\n",
+        d = dir.display(),
+        root = root.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    fs::write(&conf_path, conf).unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf_path)
+        .spawn()
+        .expect("starting nginx");
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nginx did not start: {:?}",
+            fs::read_to_string(dir.join("error.log"))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (
+        Running {
+            child,
+            banner: String::new(),
+        },
+        addr,
+    )
+}
+
+fn files(dir: &Path, rel: &str, out: &mut Vec<String>) {
+    for e in fs::read_dir(dir.join(rel)).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let r = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        if e.path().is_dir() {
+            files(dir, &r, out)
+        } else {
+            out.push(r)
+        }
+    }
+}
+
+#[test]
+fn nginx_serves_the_library_like_dp_serve() {
+    let Some(nginx) = nginx_binary() else {
+        eprintln!("skipping: nginx is not installed (`.ci/run` installs Debian's nginx-light)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("library");
+    run_ok(peerdelta(["dp", "init", "--library"]).arg(&lib));
+    let trees = versions();
+    for (k, t) in trees.iter().enumerate() {
+        let src = dir.path().join(format!("src{}", k + 1));
+        write_tree(&src, t);
+        run_ok(
+            peerdelta(["dp", "publish", "--quiet", "--package", "app", "--library"])
+                .arg(&lib)
+                .arg(&src),
+        );
+    }
+    let ngx_dir = dir.path().join("nginx");
+    fs::create_dir_all(&ngx_dir).unwrap();
+    let (_nginx, ngx) = start_nginx(&nginx, &ngx_dir, &lib);
+    let dp = DpServer::start(&lib);
+
+    let mut all = Vec::new();
+    files(&lib, "", &mut all);
+    assert!(all.len() > 30);
+    for rel in &all {
+        let path = format!("/{rel}");
+        let len = fs::metadata(lib.join(rel)).unwrap().len();
+        let (a, b) = (get(&ngx, &path, &[]), get(&dp.addr, &path, &[]));
+        assert_eq!((a.status, b.status), (200, 200), "{rel}");
+        assert!(a.body == b.body, "{rel}: same bytes");
+        let (a, b) = (
+            http(&ngx, "HEAD", &path, &[], b""),
+            http(&dp.addr, "HEAD", &path, &[], b""),
+        );
+        assert_eq!(
+            a.header("content-length"),
+            b.header("content-length"),
+            "{rel}"
+        );
+        // nginx's own ETag works with If-None-Match, as ours does.
+        let tag = get(&ngx, &path, &[]).header("etag").unwrap().to_owned();
+        assert_eq!(
+            get(&ngx, &path, &[("If-None-Match", &tag)]).status,
+            304,
+            "{rel}"
+        );
+        if len < 40 {
+            continue;
+        }
+        let one = format!("bytes=10-{}", len / 2);
+        let (a, b) = (
+            get(&ngx, &path, &[("Range", &one)]),
+            get(&dp.addr, &path, &[("Range", &one)]),
+        );
+        assert_eq!((a.status, b.status), (206, 206), "{rel}");
+        assert!(a.body == b.body, "{rel}: single range");
+        assert_eq!(a.header("content-range"), b.header("content-range"));
+        let many = format!("bytes=0-3,{}-{},-7", len / 3, len / 3 + 20);
+        let (a, b) = (
+            get(&ngx, &path, &[("Range", &many)]),
+            get(&dp.addr, &path, &[("Range", &many)]),
+        );
+        assert_eq!((a.status, b.status), (206, 206), "{rel}");
+        assert_eq!(a.byteranges(), b.byteranges(), "{rel}: multi-range parts");
+        let out = format!("bytes={len}-");
+        assert_eq!(get(&ngx, &path, &[("Range", &out)]).status, 416);
+        assert_eq!(get(&dp.addr, &path, &[("Range", &out)]).status, 416);
+    }
+
+    // Every changed file of version 6 rebuilds from versions 2..5 over nginx.
+    let key = parse_public_key(&fs::read_to_string(lib.join("dp.pub")).unwrap()).unwrap();
+    let manifest = |v: u64| -> Manifest {
+        open_manifest(
+            &get(&ngx, &format!("/packages/app/{v}/manifest"), &[]).body,
+            &key,
+        )
+        .unwrap()
+    };
+    let m6 = manifest(6);
+    let mut rebuilt = 0;
+    for old in 2..=5u64 {
+        let old_tree = &trees[(old - 1) as usize];
+        for (e, f) in m6.files() {
+            let Some(n) = f.needs.iter().find(|n| n.base_versions.contains(&old)) else {
+                continue;
+            };
+            let base = old_tree
+                .values()
+                .find(|(c, _)| ContentHash::of(c) == n.base)
+                .unwrap();
+            let out = rebuild_over_http(&ngx, &base.0, &f.hash, n);
+            assert!(
+                out == trees[5][e.path.as_str()].0,
+                "{} from v{old} over nginx",
+                e.path
+            );
+            rebuilt += 1;
+        }
+    }
+    assert!(rebuilt >= 8, "{rebuilt}");
+}
