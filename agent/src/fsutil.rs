@@ -140,3 +140,60 @@ pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     d.sync_all()
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
+
+/// A file one thread is writing while others read it through [`ReadAt`]:
+/// a read waits until the range it asks for has been written. It lets a
+/// publisher sign a content on several threads while copying it.
+pub struct GrowingFile {
+    file: File,
+    len: u64,
+    written: std::sync::Mutex<(u64, bool)>,
+    cond: std::sync::Condvar,
+}
+
+impl GrowingFile {
+    /// Reads `file` (opened for reading) that will reach `len` bytes.
+    pub fn new(file: File, len: u64) -> Self {
+        GrowingFile {
+            file,
+            len,
+            written: std::sync::Mutex::new((0, false)),
+            cond: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Records that the writer has written `n` bytes in total.
+    pub fn advance(&self, n: u64) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.0 = n;
+        self.cond.notify_all();
+    }
+
+    /// The writer gave up: pending and future reads fail.
+    pub fn fail(&self) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.1 = true;
+        self.cond.notify_all();
+    }
+}
+
+impl ReadAt for GrowingFile {
+    type Error = io::Error;
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let need = offset + buf.len() as u64;
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        while w.0 < need && !w.1 {
+            w = self.cond.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+        if w.0 < need {
+            return Err(io::Error::other("the copy being read was abandoned"));
+        }
+        drop(w);
+        self.file.read_exact_at(buf, offset)
+    }
+}

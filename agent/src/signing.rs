@@ -1,12 +1,12 @@
 //! Signing files: level 1 on several threads, the levels above streamed from
-//! level 1's records (`protocol::rdc`), reading through [`FileSource`].
+//! level 1's records (`protocol::rdc`), reading through a [`ReadAt`].
 
 use std::path::Path;
 
 use anyhow::Context;
 use peerdelta_protocol::rdc::{
-    Chunk, LevelParams, MAX_LEVELS, ParallelOptions, SignatureBuilder, SignatureFiles, depth_for,
-    sign_parallel,
+    Chunk, LevelParams, MAX_LEVELS, ParallelOptions, ReadAt, SignatureBuilder, SignatureFiles,
+    depth_for, sign_parallel,
 };
 
 use crate::fsutil::FileSource;
@@ -22,13 +22,26 @@ pub fn sign_file(
     sink: &mut impl FnMut(usize, &Chunk),
 ) -> anyhow::Result<SignatureFiles> {
     let src = FileSource::open(path)?;
+    sign_source(&src, params, levels, threads, keep_files, sink)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`sign_file`] over any random-access input.
+pub fn sign_source<R: ReadAt<Error = std::io::Error> + ?Sized>(
+    src: &R,
+    params: LevelParams,
+    levels: usize,
+    threads: usize,
+    keep_files: bool,
+    sink: &mut impl FnMut(usize, &Chunk),
+) -> anyhow::Result<SignatureFiles> {
     let mut builder = SignatureBuilder::new(params, levels);
     if !keep_files {
         builder = builder.without_files();
     }
     let mut batch: Vec<Chunk> = Vec::with_capacity(4096);
     sign_parallel(
-        &src,
+        src,
         params.level1,
         ParallelOptions::new(threads),
         &mut |c| {
@@ -38,19 +51,18 @@ pub fn sign_file(
                 batch.clear();
             }
         },
-    )
-    .with_context(|| format!("reading {}", path.display()))?;
+    )?;
     builder.push_level1(&batch, sink);
     Ok(builder.finish(sink))
 }
 
-/// Every level `path` needs (as `depth_for` decides).
-pub fn signature_levels(
-    path: &Path,
+/// Every level `src` needs (as `depth_for` decides).
+pub fn signature_levels<R: ReadAt<Error = std::io::Error> + ?Sized>(
+    src: &R,
     params: LevelParams,
     threads: usize,
 ) -> anyhow::Result<SignatureFiles> {
-    let mut files = sign_file(path, params, MAX_LEVELS, threads, true, &mut |_, _| {})?;
+    let mut files = sign_source(src, params, MAX_LEVELS, threads, true, &mut |_, _| {})?;
     files.files.truncate(depth_for(&files.sizes()));
     Ok(files)
 }

@@ -40,9 +40,12 @@ use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
 use serde::Serialize;
 
 use super::library::{Library, write_synced};
-use crate::fsutil::{FileSource, sync_dir};
+use crate::fsutil::{FileSource, GrowingFile, sync_dir};
 use crate::progress::Progress;
 use crate::util::{now_ms, par_map};
+
+/// A large copy is flushed to disk every this many bytes.
+const WRITEBACK: u64 = 64 << 20;
 
 /// Files at least this large are signed one at a time on all cores; smaller
 /// ones are signed several at once, one core each.
@@ -170,7 +173,9 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let new_bytes: u64 = missing.iter().map(|m| m.2).sum();
     let progress = Progress::new("signing", missing.len() as u64, new_bytes, opts.progress);
     let (big, small): (Vec<_>, Vec<_>) = missing.iter().partition(|m| m.2 >= BIG_FILE);
-    let mut stored = par_map(&small, opts.threads, |(h, path, size)| {
+    // Small files are mostly waiting on fsync: more threads than cores.
+    let io_threads = (opts.threads * 4).clamp(8, 32);
+    let mut stored = par_map(&small, io_threads, |(h, path, size)| {
         let r = store_content(lib, h, path, *size, params, 1)?;
         progress.add(1, *size);
         Ok((*h, r))
@@ -485,30 +490,60 @@ fn store_content(
         let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
         let mut output =
             File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut copied = 0u64;
-        loop {
-            let n = input
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", src.display()))?;
-            if n == 0 {
-                break;
+        // Sign the copy while it is being written: the signer's threads read
+        // what the copy loop has already written (it is what the library
+        // will serve), so copying and signing overlap.
+        let copy = GrowingFile::new(
+            File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?,
+            size,
+        );
+        let (copied, digest, files) = std::thread::scope(|s| {
+            let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
+            let copied = (|| {
+                let mut hasher = blake3::Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut copied = 0u64;
+                loop {
+                    let n = input
+                        .read(&mut buf)
+                        .with_context(|| format!("reading {}", src.display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    if copied + n as u64 > size {
+                        bail!("{} grew while it was being published", src.display());
+                    }
+                    hasher.update(&buf[..n]);
+                    output
+                        .write_all(&buf[..n])
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    copied += n as u64;
+                    copy.advance(copied);
+                    if copied % WRITEBACK == 0 {
+                        // Start flushing now, while the signer works on what is
+                        // written, rather than all at the final fsync.
+                        output
+                            .sync_data()
+                            .with_context(|| format!("writing {}", tmp.display()))?;
+                    }
+                }
+                Ok((copied, ContentHash::from(hasher.finalize())))
+            })();
+            if !matches!(copied, Ok((n, _)) if n == size) {
+                copy.fail();
             }
-            hasher.update(&buf[..n]);
-            output
-                .write_all(&buf[..n])
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            copied += n as u64;
-        }
+            let files = signer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the signing thread panicked"))?;
+            let (n, digest) = copied?;
+            anyhow::Ok((n, digest, files?))
+        })?;
         output
             .sync_all()
             .with_context(|| format!("writing {}", tmp.display()))?;
-        if ContentHash::from(hasher.finalize()) != *hash || copied != size {
+        if digest != *hash || copied != size {
             bail!("{} changed while it was being published", src.display());
         }
-        // Sign the copy: it is what the library serves.
-        let files = crate::signing::signature_levels(&tmp, params, threads)?;
         let container = sigstore::encode(params, size, &files);
         let sig = SigRef {
             len: container.len() as u64,
