@@ -519,7 +519,7 @@ fn store_content(
                         .with_context(|| format!("writing {}", tmp.display()))?;
                     copied += n as u64;
                     copy.advance(copied);
-                    if copied % WRITEBACK == 0 {
+                    if copied.is_multiple_of(WRITEBACK) {
                         // Start flushing now, while the signer works on what is
                         // written, rather than all at the final fsync.
                         output
