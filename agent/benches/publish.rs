@@ -95,6 +95,10 @@ fn main() -> anyhow::Result<()> {
                 min_saving: 16 * 1024,
                 threads,
                 progress: false,
+                pack_level: std::env::var("PEERDELTA_PACK_LEVEL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3),
             };
             let s = publish(&lib, &opts)?;
             totals.0 += s.bytes;

@@ -8,6 +8,7 @@ pub mod dp;
 pub mod fault;
 pub mod fsutil;
 pub mod logging;
+pub mod pack;
 pub mod progress;
 pub mod signing;
 pub mod usage;

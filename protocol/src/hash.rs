@@ -13,6 +13,14 @@ use crate::hex;
 pub struct ContentHash(pub [u8; 32]);
 
 impl ContentHash {
+    /// BLAKE3 of nothing: the base of a pieces file (a needs list that takes
+    /// every run from the origin).
+    pub const EMPTY: ContentHash = ContentHash([
+        0xaf, 0x13, 0x49, 0xb9, 0xf5, 0xf9, 0xa1, 0xa6, 0xa0, 0x40, 0x4d, 0xea, 0x36, 0xdc, 0xc9,
+        0x49, 0x9b, 0xcb, 0x25, 0xc9, 0xad, 0xc1, 0x12, 0xb7, 0xcc, 0x9a, 0x93, 0xca, 0xe4, 0x1f,
+        0x32, 0x62,
+    ]);
+
     /// The hash of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         ContentHash(*blake3::hash(bytes).as_bytes())
@@ -96,6 +104,7 @@ mod tests {
             "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
         );
         assert_eq!(h.shard(), "64");
+        assert_eq!(ContentHash::of(b""), ContentHash::EMPTY);
         assert!("xyz".parse::<ContentHash>().is_err());
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<ContentHash>(&json).unwrap(), h);

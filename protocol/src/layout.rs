@@ -5,7 +5,9 @@
 //! dp.pub                                          the DP's public key
 //! content/<shard>/<hash>                          contents by BLAKE3
 //! sigs/<shard>/<hash>.rdc                         signature containers
-//! needs/<target shard>/<base>-<target>.needs.bin  needs lists
+//! needs/<target shard>/<base>-<target>.needs.bin  needs lists (base = BLAKE3
+//!                                                 of nothing: pieces file)
+//! needs/<target shard>/<base>-<target>.pack       their origin runs, compressed
 //! packages/<package>/index                        signed list of versions
 //! packages/<package>/<version>/manifest           signed manifest
 //! ```
@@ -21,6 +23,11 @@ pub fn content(h: &ContentHash) -> String {
     format!("content/{}/{}", h.shard(), h)
 }
 
+/// A small content compressed with zstd (one frame).
+pub fn content_zst(h: &ContentHash) -> String {
+    format!("content/{}/{}.zst", h.shard(), h)
+}
+
 /// A content's signature container.
 pub fn sigs(h: &ContentHash) -> String {
     format!("sigs/{}/{}.rdc", h.shard(), h)
@@ -29,6 +36,11 @@ pub fn sigs(h: &ContentHash) -> String {
 /// The needs list from `base` to `target`.
 pub fn needs(base: &ContentHash, target: &ContentHash) -> String {
     format!("needs/{}/{}-{}.needs.bin", target.shard(), base, target)
+}
+
+/// The compressed origin runs of the needs list from `base` to `target`.
+pub fn pack(base: &ContentHash, target: &ContentHash) -> String {
+    format!("needs/{}/{}-{}.pack", target.shard(), base, target)
 }
 
 /// A package's index.

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod fetchplan;
+pub mod governor;
 pub mod hash;
 pub mod hex;
 pub mod layout;
@@ -23,5 +25,6 @@ pub mod publish;
 pub mod rdc;
 pub mod sigstore;
 pub mod status;
+pub mod time;
 
 pub use hash::ContentHash;

@@ -205,6 +205,24 @@ pub struct FileEntry {
     pub sig: SigRef,
     /// Needs lists that build this content from older contents.
     pub needs: Vec<NeedsRef>,
+    /// For a content of more than one run: its pieces file (a needs list
+    /// from nothing, `base` = [`ContentHash::EMPTY`]), so that a whole
+    /// download is verified run by run and can resume and be shared by peers.
+    pub pieces: Option<PiecesRef>,
+    /// For a content of one run: the size of its zstd-compressed copy
+    /// (`protocol::layout::content_zst`), if the DP keeps one.
+    pub zst_len: Option<u64>,
+}
+
+/// A content's pieces file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PiecesRef {
+    /// BLAKE3 of the file.
+    pub file_hash: ContentHash,
+    /// Its size.
+    pub file_len: u64,
+    /// Size of its pack (the whole content compressed), if there is one.
+    pub pack_len: Option<u64>,
 }
 
 /// Where a content's signature container is and how deep it goes.
@@ -232,6 +250,16 @@ pub struct NeedsRef {
     pub file_len: u64,
     /// Bytes of the target that must come from the origin with this list.
     pub origin_bytes: u64,
+    /// Size of the pack holding those bytes compressed, if there is one.
+    pub pack_len: Option<u64>,
+}
+
+impl NeedsRef {
+    /// Bytes a receiver downloads to use this list (the list, then the
+    /// compressed pack or the raw origin runs).
+    pub fn download_bytes(&self) -> u64 {
+        self.file_len + self.pack_len.unwrap_or(self.origin_bytes)
+    }
 }
 
 impl Manifest {
@@ -471,6 +499,8 @@ mod tests {
                             hash: h,
                         },
                         needs: vec![],
+                        pieces: None,
+                        zst_len: None,
                     }),
                 },
             ],

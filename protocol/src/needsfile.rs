@@ -55,7 +55,8 @@ pub struct Run {
 /// A needs file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeedsFile {
-    /// The content it starts from.
+    /// The content it starts from ([`ContentHash::EMPTY`] for a pieces file:
+    /// every run from the origin).
     pub base: ContentHash,
     /// Size of the base.
     pub base_len: u64,
@@ -65,6 +66,42 @@ pub struct NeedsFile {
     pub target_len: u64,
     /// Runs in target order.
     pub runs: Vec<Run>,
+    /// The origin runs compressed, if the DP prepared them.
+    pub pack: Option<Pack>,
+}
+
+/// The origin runs of a needs file, compressed in frames, in a file beside it
+/// (`protocol::layout::pack`). A frame holds consecutive origin runs (by their
+/// order among origin runs), so a receiver fetches the frames holding the runs
+/// it lacks and checks every run it decompresses against its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pack {
+    /// Size of the pack file.
+    pub len: u64,
+    /// The frames, in order.
+    pub frames: Vec<Frame>,
+}
+
+/// One compressed frame of a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Ordinal (among origin runs) of the first run in the frame.
+    pub first: u32,
+    /// Number of origin runs in the frame.
+    pub count: u32,
+    /// Offset of the frame in the pack file.
+    pub offset: u64,
+    /// Compressed length.
+    pub len: u32,
+    /// Decompressed length (the runs' total).
+    pub raw_len: u32,
+}
+
+impl Frame {
+    /// Byte range in the pack.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.len)
+    }
 }
 
 /// A run placed in the target.
@@ -190,9 +227,56 @@ impl NeedsFile {
         out
     }
 
+    /// The origin runs in order (their position in this list is their ordinal).
+    pub fn origin_runs(&self) -> Vec<PlacedRun> {
+        self.placed()
+            .filter(|p| p.run.source == RunSource::Origin)
+            .collect()
+    }
+
     /// Checks that runs are non-empty, within [`MAX_RUN`], add up to the
-    /// target length, and read inside the base.
+    /// target length, and read inside the base; and that the pack's frames
+    /// cover the origin runs in order, within the pack, with the right sizes.
     pub fn validate(&self) -> Result<(), NeedsFileError> {
+        self.validate_runs()?;
+        if let Some(pack) = &self.pack {
+            let origin: Vec<u64> = self
+                .runs
+                .iter()
+                .filter(|r| r.source == RunSource::Origin)
+                .map(|r| u64::from(r.len))
+                .collect();
+            let mut next_run = 0usize;
+            let mut next_offset = 0u64;
+            for (i, f) in pack.frames.iter().enumerate() {
+                let bad =
+                    |what: &str| Err(NeedsFileError::Invalid(format!("pack frame {i}: {what}")));
+                if f.first as usize != next_run || f.count == 0 {
+                    return bad("runs out of order");
+                }
+                let end = next_run + f.count as usize;
+                let Some(runs) = origin.get(next_run..end) else {
+                    return bad("past the last origin run");
+                };
+                if runs.iter().sum::<u64>() != u64::from(f.raw_len) {
+                    return bad("decompressed length differs from its runs");
+                }
+                if f.offset != next_offset || f.offset + u64::from(f.len) > pack.len {
+                    return bad("outside the pack");
+                }
+                next_run = end;
+                next_offset = f.offset + u64::from(f.len);
+            }
+            if next_run != origin.len() {
+                return Err(NeedsFileError::Invalid(
+                    "pack does not cover every origin run".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_runs(&self) -> Result<(), NeedsFileError> {
         let mut total = 0u64;
         for (i, r) in self.runs.iter().enumerate() {
             let len = u64::from(r.len);
@@ -282,6 +366,7 @@ pub fn build<R: ReadAt + ?Sized>(
         target,
         target_len: offset,
         runs,
+        pack: None,
     })
 }
 
@@ -347,6 +432,7 @@ mod tests {
             target: h,
             target_len: 5,
             runs: vec![],
+            pack: None,
         };
         assert!(
             decode(&nf.encode()).is_err(),
@@ -363,5 +449,44 @@ mod tests {
         let mut bytes = nf.encode();
         bytes.push(0);
         assert!(decode(&bytes).is_err(), "trailing byte");
+        // Packs must cover the origin runs exactly.
+        nf.runs.push(Run {
+            source: RunSource::Origin,
+            len: 3,
+            hash: h,
+        });
+        nf.runs.push(Run {
+            source: RunSource::Origin,
+            len: 4,
+            hash: h,
+        });
+        nf.target_len = 12;
+        let frame = |first, count, offset, len, raw_len| Frame {
+            first,
+            count,
+            offset,
+            len,
+            raw_len,
+        };
+        nf.pack = Some(Pack {
+            len: 10,
+            frames: vec![frame(0, 2, 0, 10, 7)],
+        });
+        assert!(decode(&nf.encode()).is_ok());
+        nf.pack = Some(Pack {
+            len: 10,
+            frames: vec![frame(0, 1, 0, 4, 3), frame(1, 1, 4, 6, 4)],
+        });
+        assert!(decode(&nf.encode()).is_ok());
+        for frames in [
+            vec![frame(0, 1, 0, 4, 3)],
+            vec![frame(0, 2, 0, 10, 8)],
+            vec![frame(0, 2, 0, 11, 7)],
+            vec![frame(1, 1, 0, 4, 4)],
+            vec![frame(0, 1, 0, 4, 3), frame(1, 1, 5, 4, 4)],
+        ] {
+            nf.pack = Some(Pack { len: 10, frames });
+            assert!(decode(&nf.encode()).is_err(), "{:?}", nf.pack);
+        }
     }
 }

@@ -164,6 +164,8 @@ mod tests {
                         hash: h(""),
                     },
                     needs: vec![],
+                    pieces: None,
+                    zst_len: None,
                 }),
             })
             .collect();

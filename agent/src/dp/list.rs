@@ -63,8 +63,11 @@ pub fn delta_cost(new: &Manifest, manifest_bytes: u64, old: &Manifest) -> u64 {
             .iter()
             .find(|n| n.base_versions.contains(&old.version))
         {
-            Some(n) => n.origin_bytes + n.file_len,
-            None => f.size,
+            Some(n) => n.download_bytes(),
+            None => match f.pieces {
+                Some(p) => p.file_len + p.pack_len.unwrap_or(f.size),
+                None => f.zst_len.unwrap_or(f.size),
+            },
         };
     }
     total

@@ -143,6 +143,22 @@ pub fn verify(
                         Some(n.file_hash),
                         Some(n.file_len),
                     ));
+                    if let Some(len) = n.pack_len {
+                        files.push((layout::pack(&n.base, &f.hash), None, Some(len)));
+                    }
+                }
+                if let Some(p) = f.pieces {
+                    files.push((
+                        layout::needs(&ContentHash::EMPTY, &f.hash),
+                        Some(p.file_hash),
+                        Some(p.file_len),
+                    ));
+                    if let Some(len) = p.pack_len {
+                        files.push((layout::pack(&ContentHash::EMPTY, &f.hash), None, Some(len)));
+                    }
+                }
+                if let Some(len) = f.zst_len {
+                    files.push((layout::content_zst(&f.hash), None, Some(len)));
                 }
                 for (rel, hash, size) in files {
                     if !checked.insert(rel.clone()) {
@@ -157,7 +173,7 @@ pub fn verify(
                             meta.len(),
                             size.unwrap_or(0)
                         )),
-                        Ok(_) if full => match hash_file(&path) {
+                        Ok(_) if full && hash.is_some() => match hash_file(&path) {
                             Ok(h) if Some(h) == hash => {
                                 if rel.starts_with("needs/")
                                     && let Err(err) =

@@ -80,6 +80,10 @@ pub struct PublishArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
+    /// zstd level of the compressed origin runs (packs) of needs lists;
+    /// 0 disables packs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+    pack_level: i32,
 }
 
 /// Arguments of `dp serve`.
@@ -178,6 +182,7 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
                 min_saving: a.min_saving,
                 threads: a.threads.map_or_else(cores, |t| t as usize),
                 progress: !a.quiet && !a.json,
+                pack_level: a.pack_level,
             };
             let s = publish::publish(&lib, &opts)?;
             if a.json {

@@ -31,9 +31,10 @@ use anyhow::{Context, bail};
 use ed25519_dalek::VerifyingKey;
 use peerdelta_protocol::manifest::{
     self, Entry, EntryKind, FileEntry, INDEX_MAGIC, IndexEntry, MANIFEST_MAGIC, Manifest, NeedsRef,
-    PackageIndex, PackageName, RelPath, SigRef,
+    PackageIndex, PackageName, PiecesRef, RelPath, SigRef,
 };
 use peerdelta_protocol::needs::{compare, summarize};
+use peerdelta_protocol::needsfile::{NeedsFile, Pack};
 use peerdelta_protocol::publish::{NeedsPlan, NewFile, WINDOW, plan_needs};
 use peerdelta_protocol::rdc::{LevelParams, Signature, Traits, sigfile, similarity};
 use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
@@ -64,6 +65,20 @@ pub struct PublishOptions {
     pub threads: usize,
     /// Show progress.
     pub progress: bool,
+    /// zstd level of the packs of needs lists (0: no packs). Pieces packs
+    /// (whole contents) use at most [`PIECES_LEVEL`], for publish speed.
+    pub pack_level: i32,
+}
+
+/// zstd level of whole-content packs (fast; they are large).
+pub const PIECES_LEVEL: i32 = 3;
+
+/// What the library holds for a content besides its bytes.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    sig: SigRef,
+    pieces: Option<PiecesRef>,
+    zst_len: Option<u64>,
 }
 
 /// What a publish did (`--json` prints it).
@@ -143,10 +158,17 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
 
     // Previous versions: their signature references can be reused.
     let previous = previous_manifests(lib, &opts.package, index.as_ref(), &public)?;
-    let mut known: HashMap<ContentHash, SigRef> = HashMap::new();
+    let mut known: HashMap<ContentHash, Stored> = HashMap::new();
     for m in &previous {
         for (_, f) in m.files() {
-            known.insert(f.hash, f.sig);
+            known.insert(
+                f.hash,
+                Stored {
+                    sig: f.sig,
+                    pieces: f.pieces,
+                    zst_len: f.zst_len,
+                },
+            );
         }
     }
 
@@ -157,7 +179,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         unique.entry(*h).or_insert((&f.abs, f.size.unwrap_or(0)));
     }
     let mut missing: Vec<(ContentHash, &Path, u64)> = Vec::new();
-    let mut sig_refs: HashMap<ContentHash, SigRef> = HashMap::new();
+    let mut sig_refs: HashMap<ContentHash, Stored> = HashMap::new();
     for (h, (path, size)) in &unique {
         let stored = lib.has(&layout::content(h)) && lib.has(&layout::sigs(h));
         match (stored, known.get(h)) {
@@ -165,7 +187,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
                 sig_refs.insert(*h, *s);
             }
             (true, None) => {
-                sig_refs.insert(*h, stored_sig_ref(lib, h)?);
+                sig_refs.insert(*h, stored_refs(lib, h, *size)?);
             }
             (false, _) => missing.push((*h, path, *size)),
         }
@@ -176,19 +198,19 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     // Small files are mostly waiting on fsync: more threads than cores.
     let io_threads = (opts.threads * 4).clamp(8, 32);
     let mut stored = par_map(&small, io_threads, |(h, path, size)| {
-        let r = store_content(lib, h, path, *size, params, 1)?;
+        let r = store_content(lib, h, path, *size, params, 1, opts.pack_level)?;
         progress.add(1, *size);
         Ok((*h, r))
     })?;
     for (h, path, size) in &big {
         stored.push((
             *h,
-            store_content(lib, h, path, *size, params, opts.threads)?,
+            store_content(lib, h, path, *size, params, opts.threads, opts.pack_level)?,
         ));
         progress.add(1, *size);
     }
     drop(progress);
-    let signature_bytes = stored.iter().map(|(_, s)| s.len).sum();
+    let signature_bytes = stored.iter().map(|(_, s)| s.sig.len).sum();
     sig_refs.extend(stored);
     let store_seconds = t.elapsed().as_secs_f64();
 
@@ -215,7 +237,16 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
     let made = par_map(&pairs, opts.threads, |&((base, target), base_len)| {
         let target_len = sizes.get(&target).copied().unwrap_or(0);
-        needs_list(lib, base, base_len, target, target_len, opts.min_saving)
+        needs_list(
+            lib,
+            base,
+            base_len,
+            target,
+            target_len,
+            opts.min_saving,
+            opts.pack_level,
+            opts.threads,
+        )
     })?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
     let (mut written, mut reused, mut skipped) = (0, 0, 0);
@@ -255,14 +286,16 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             None => EntryKind::Dir,
             Some(size) => {
                 let hash = hash_of[&e.rel];
-                let sig = *sig_refs
+                let stored = *sig_refs
                     .get(&hash)
                     .context("a content without signatures")?;
                 EntryKind::File(FileEntry {
                     size,
                     hash,
-                    sig,
+                    sig: stored.sig,
                     needs: needs_by_path.remove(&e.rel).unwrap_or_default(),
+                    pieces: stored.pieces,
+                    zst_len: stored.zst_len,
                 })
             }
         };
@@ -484,7 +517,8 @@ fn store_content(
     size: u64,
     params: LevelParams,
     threads: usize,
-) -> anyhow::Result<SigRef> {
+    pack_level: i32,
+) -> anyhow::Result<Stored> {
     let tmp = lib.tmp_path("content");
     let result = (|| {
         let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
@@ -550,26 +584,135 @@ fn store_content(
             depth: files.depth() as u8,
             hash: ContentHash::of(&container),
         };
+        let pieces = write_pieces(
+            lib,
+            hash,
+            size,
+            &FileSource::open(&tmp)?,
+            pack_level.min(PIECES_LEVEL),
+            threads,
+        )?;
+        let zst_len = write_zst(lib, hash, size, &tmp, pack_level)?;
         lib.write_new(&layout::sigs(hash), &container)?;
         crate::fault::point("publish:between-sigs-and-content");
         lib.install(&tmp, &layout::content(hash))?;
-        Ok(sig)
+        Ok(Stored {
+            sig,
+            pieces,
+            zst_len,
+        })
     })();
     let _ = fs::remove_file(&tmp);
     result
 }
 
-/// The signature reference of a content stored by an earlier publish.
-fn stored_sig_ref(lib: &Library, hash: &ContentHash) -> anyhow::Result<SigRef> {
+/// The signature and pieces references of a content stored by an earlier publish.
+fn stored_refs(lib: &Library, hash: &ContentHash, size: u64) -> anyhow::Result<Stored> {
     let path = lib.path(&layout::sigs(hash));
     let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let (header, _) =
         sigstore::decode_header(&bytes).with_context(|| format!("reading {}", path.display()))?;
-    Ok(SigRef {
+    let sig = SigRef {
         len: bytes.len() as u64,
         depth: header.depth() as u8,
         hash: ContentHash::of(&bytes),
+    };
+    let pieces = if size > needsfile::MAX_RUN {
+        let rel = layout::needs(&ContentHash::EMPTY, hash);
+        let bytes = fs::read(lib.path(&rel))
+            .with_context(|| format!("reading {}", lib.path(&rel).display()))?;
+        let nf = needsfile::decode(&bytes)
+            .with_context(|| format!("reading {}", lib.path(&rel).display()))?;
+        Some(PiecesRef {
+            file_hash: ContentHash::of(&bytes),
+            file_len: bytes.len() as u64,
+            pack_len: nf.pack.map(|p| p.len),
+        })
+    } else {
+        None
+    };
+    let zst = lib.path(&layout::content_zst(hash));
+    let zst_len = fs::metadata(&zst).ok().map(|m| m.len());
+    Ok(Stored {
+        sig,
+        pieces,
+        zst_len,
     })
+}
+
+/// Keeps a zstd-compressed copy of a small content (one run), if it saves
+/// at least 10%: whole downloads of small changed files are then compressed
+/// too, as rsync -z would send them.
+fn write_zst(
+    lib: &Library,
+    hash: &ContentHash,
+    size: u64,
+    content: &Path,
+    level: i32,
+) -> anyhow::Result<Option<u64>> {
+    if level <= 0 || size > needsfile::MAX_RUN || size < 256 {
+        return Ok(None);
+    }
+    let raw = fs::read(content).with_context(|| format!("reading {}", content.display()))?;
+    let z = zstd::bulk::compress(&raw, level).context("compressing")?;
+    if z.len() as f64 > 0.9 * raw.len() as f64 {
+        return Ok(None);
+    }
+    lib.write_new(&layout::content_zst(hash), &z)?;
+    Ok(Some(z.len() as u64))
+}
+
+/// Writes the pieces file of a content of more than one run (and its pack).
+fn write_pieces<R>(
+    lib: &Library,
+    hash: &ContentHash,
+    size: u64,
+    content: &R,
+    level: i32,
+    threads: usize,
+) -> anyhow::Result<Option<PiecesRef>>
+where
+    R: peerdelta_protocol::rdc::ReadAt<Error = std::io::Error> + ?Sized,
+{
+    if size <= needsfile::MAX_RUN {
+        return Ok(None);
+    }
+    let all = [peerdelta_protocol::needs::Need::Source {
+        offset: 0,
+        len: size,
+    }];
+    let mut nf =
+        needsfile::build(ContentHash::EMPTY, 0, *hash, &all, content).context("hashing pieces")?;
+    nf.pack = write_pack(lib, &nf, content, level, threads)?;
+    let bytes = nf.encode();
+    lib.write_new(&layout::needs(&ContentHash::EMPTY, hash), &bytes)?;
+    Ok(Some(PiecesRef {
+        file_hash: ContentHash::of(&bytes),
+        file_len: bytes.len() as u64,
+        pack_len: nf.pack.map(|p| p.len),
+    }))
+}
+
+/// Compresses the origin runs of `nf` into its pack file, if worth it.
+fn write_pack<R>(
+    lib: &Library,
+    nf: &NeedsFile,
+    content: &R,
+    level: i32,
+    threads: usize,
+) -> anyhow::Result<Option<Pack>>
+where
+    R: peerdelta_protocol::rdc::ReadAt<Error = std::io::Error> + ?Sized,
+{
+    if level <= 0 {
+        return Ok(None);
+    }
+    let tmp = lib.tmp_path("pack");
+    let pack = crate::pack::build(nf, content, &tmp, level, threads)?;
+    if pack.is_some() {
+        lib.install(&tmp, &layout::pack(&nf.base, &nf.target))?;
+    }
+    Ok(pack)
 }
 
 /// Level-1 signatures of a stored content.
@@ -601,6 +744,7 @@ struct NeedsInfo {
     file_hash: ContentHash,
     file_len: u64,
     origin_bytes: u64,
+    pack_len: Option<u64>,
 }
 
 enum NeedsOutcome {
@@ -617,6 +761,8 @@ fn needs_list(
     target: ContentHash,
     target_len: u64,
     min_saving: u64,
+    pack_level: i32,
+    threads: usize,
 ) -> anyhow::Result<NeedsOutcome> {
     let rel = layout::needs(&base, &target);
     if lib.has(&rel) {
@@ -628,6 +774,7 @@ fn needs_list(
             file_hash: ContentHash::of(&bytes),
             file_len: bytes.len() as u64,
             origin_bytes: nf.origin_bytes(),
+            pack_len: nf.pack.map(|p| p.len),
         }));
     }
     if !lib.has(&layout::sigs(&base)) {
@@ -648,14 +795,16 @@ fn needs_list(
         return Ok(NeedsOutcome::NotWorth);
     }
     let content = FileSource::open(&lib.path(&layout::content(&target)))?;
-    let nf = needsfile::build(base, base_len, target, &needs, &content)
+    let mut nf = needsfile::build(base, base_len, target, &needs, &content)
         .with_context(|| format!("reading {}", lib.path(&layout::content(&target)).display()))?;
+    nf.pack = write_pack(lib, &nf, &content, pack_level, threads)?;
     let bytes = nf.encode();
     lib.write_new(&rel, &bytes)?;
     Ok(NeedsOutcome::Written(NeedsInfo {
         file_hash: ContentHash::of(&bytes),
         file_len: bytes.len() as u64,
         origin_bytes: nf.origin_bytes(),
+        pack_len: nf.pack.map(|p| p.len),
     }))
 }
 
@@ -666,6 +815,7 @@ fn needs_ref(plan: &NeedsPlan, info: &NeedsInfo) -> NeedsRef {
         file_hash: info.file_hash,
         file_len: info.file_len,
         origin_bytes: info.origin_bytes,
+        pack_len: info.pack_len,
     }
 }
 
