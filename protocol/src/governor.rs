@@ -26,18 +26,10 @@ const CURRENT_SAMPLES: usize = 4;
 
 /// An hourly schedule per weekday: the cap in bytes per second for each hour,
 /// `None` for no cap, `Some(0)` to pause. Monday is day 0.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Schedule {
     /// `days[weekday][hour]`.
     pub days: [[Option<u64>; 24]; 7],
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Schedule {
-            days: [[None; 24]; 7],
-        }
-    }
 }
 
 /// Governor settings.
