@@ -237,16 +237,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
     let made = par_map(&pairs, opts.threads, |&((base, target), base_len)| {
         let target_len = sizes.get(&target).copied().unwrap_or(0);
-        needs_list(
-            lib,
-            base,
-            base_len,
-            target,
-            target_len,
-            opts.min_saving,
-            opts.pack_level,
-            opts.threads,
-        )
+        needs_list(lib, base, base_len, target, target_len, opts)
     })?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
     let (mut written, mut reused, mut skipped) = (0, 0, 0);
@@ -650,7 +641,7 @@ fn write_zst(
     content: &Path,
     level: i32,
 ) -> anyhow::Result<Option<u64>> {
-    if level <= 0 || size > needsfile::MAX_RUN || size < 256 {
+    if level <= 0 || !(256..=needsfile::MAX_RUN).contains(&size) {
         return Ok(None);
     }
     let raw = fs::read(content).with_context(|| format!("reading {}", content.display()))?;
@@ -760,10 +751,9 @@ fn needs_list(
     base_len: u64,
     target: ContentHash,
     target_len: u64,
-    min_saving: u64,
-    pack_level: i32,
-    threads: usize,
+    opts: &PublishOptions,
 ) -> anyhow::Result<NeedsOutcome> {
+    let (min_saving, pack_level, threads) = (opts.min_saving, opts.pack_level, opts.threads);
     let rel = layout::needs(&base, &target);
     if lib.has(&rel) {
         let bytes = fs::read(lib.path(&rel))
