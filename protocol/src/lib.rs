@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod fetchplan;
+pub mod getplan;
 pub mod governor;
 pub mod hash;
 pub mod hex;

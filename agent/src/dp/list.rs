@@ -1,6 +1,7 @@
 //! `peerdelta dp list`: packages, versions, sizes, and what a receiver holding
 //! each of the previous versions downloads for a version (from the needs lists).
 
+use peerdelta_protocol::getplan;
 use std::collections::HashSet;
 
 use ed25519_dalek::VerifyingKey;
@@ -53,24 +54,7 @@ pub struct PackageRow {
 /// Bytes a receiver holding `old` downloads to get `new`.
 pub fn delta_cost(new: &Manifest, manifest_bytes: u64, old: &Manifest) -> u64 {
     let held: HashSet<_> = old.files().map(|(_, f)| f.hash).collect();
-    let mut total = manifest_bytes;
-    for (_, f) in new.files() {
-        if held.contains(&f.hash) {
-            continue;
-        }
-        total += match f
-            .needs
-            .iter()
-            .find(|n| n.base_versions.contains(&old.version))
-        {
-            Some(n) => n.download_bytes(),
-            None => match f.pieces {
-                Some(p) => p.file_len + p.pack_len.unwrap_or(f.size),
-                None => f.zst_len.unwrap_or(f.size),
-            },
-        };
-    }
-    total
+    manifest_bytes + getplan::download_bytes(new, |h| held.contains(h))
 }
 
 /// Lists one package.
