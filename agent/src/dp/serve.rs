@@ -52,6 +52,7 @@ struct AppState {
 #[derive(Default)]
 struct Metrics {
     bytes: [AtomicU64; 5],
+    payload: [AtomicU64; 5],
     requests: [AtomicU64; 5],
     not_modified: AtomicU64,
     reports: [AtomicU64; 3],
@@ -126,6 +127,17 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         let v = m.bytes[kind_index(k)].load(Ordering::Relaxed);
         out.push_str(&format!(
             "peerdelta_dp_bytes_served_total{{kind=\"{}\"}} {v}\n",
+            k.label()
+        ));
+    }
+    out.push_str(
+        "# HELP peerdelta_dp_payload_bytes_total File bytes sent (body bytes without multipart framing), by kind.\n",
+    );
+    out.push_str("# TYPE peerdelta_dp_payload_bytes_total counter\n");
+    for k in Kind::ALL {
+        let v = m.payload[kind_index(k)].load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "peerdelta_dp_payload_bytes_total{{kind=\"{}\"}} {v}\n",
             k.label()
         ));
     }
@@ -271,9 +283,15 @@ async fn static_file(State(s): State<Arc<AppState>>, req: Request) -> Response {
         Some(r) if if_range_ok(req.headers(), &etag) => parse_ranges(r, len),
         _ => Ranges::None,
     };
+    let payload_in_body = !matches!(&ranges, Ranges::Many(r) if r.len() > 1);
     let mut resp = match ranges {
         Ranges::Many(ranges) if ranges.len() > 1 => {
-            multipart(&path, len, ranges, req.method() == Method::HEAD).await
+            let st = s.clone();
+            let i = kind_index(kind);
+            let count = move |n: u64| {
+                st.metrics.payload[i].fetch_add(n, Ordering::Relaxed);
+            };
+            multipart(&path, len, ranges, req.method() == Method::HEAD, count).await
         }
         Ranges::Unsatisfiable => (
             StatusCode::RANGE_NOT_SATISFIABLE,
@@ -302,7 +320,7 @@ async fn static_file(State(s): State<Arc<AppState>>, req: Request) -> Response {
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    count_body(resp, &s, kind)
+    count_body(resp, &s, kind, payload_in_body)
 }
 
 async fn serve_dir(s: &AppState, req: Request) -> Response {
@@ -312,14 +330,19 @@ async fn serve_dir(s: &AppState, req: Request) -> Response {
     }
 }
 
-/// Counts the body bytes actually sent.
-fn count_body(resp: Response, s: &Arc<AppState>, kind: Kind) -> Response {
+/// Counts the body bytes actually sent, and as file payload too when the
+/// body is nothing but file bytes (not multipart framing).
+fn count_body(resp: Response, s: &Arc<AppState>, kind: Kind, payload: bool) -> Response {
     let state = s.clone();
     let i = kind_index(kind);
+    let payload = payload && resp.status().is_success();
     resp.map(|body| {
         Body::new(body.map_frame(move |frame| {
             if let Some(d) = frame.data_ref() {
                 state.metrics.bytes[i].fetch_add(d.len() as u64, Ordering::Relaxed);
+                if payload {
+                    state.metrics.payload[i].fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
             }
             frame
         }))
@@ -420,8 +443,15 @@ fn parse_ranges(v: &str, len: u64) -> Ranges {
     }
 }
 
-/// A `multipart/byteranges` response, streamed from the file.
-async fn multipart(path: &Path, len: u64, ranges: Vec<(u64, u64)>, head: bool) -> Response {
+/// A `multipart/byteranges` response, streamed from the file; `count` is
+/// told the file bytes of each piece sent.
+async fn multipart(
+    path: &Path,
+    len: u64,
+    ranges: Vec<(u64, u64)>,
+    head: bool,
+    count: impl Fn(u64) + Send + Sync + 'static,
+) -> Response {
     let boundary = format!(
         "peerdelta-{:016x}",
         len ^ ranges.len() as u64 ^ ranges[0].0.rotate_left(17)
@@ -459,6 +489,7 @@ async fn multipart(path: &Path, len: u64, ranges: Vec<(u64, u64)>, head: bool) -
         boundary_done: bool,
         tail: Option<String>,
         heads: Vec<String>,
+        count: Box<dyn Fn(u64) + Send + Sync>,
     }
     let heads: Vec<String> = ranges.iter().rev().map(|&(a, b)| part_head(a, b)).collect();
     let st = St {
@@ -468,6 +499,7 @@ async fn multipart(path: &Path, len: u64, ranges: Vec<(u64, u64)>, head: bool) -
         boundary_done: false,
         tail: Some(tail),
         heads,
+        count: Box::new(count),
     };
     let body = stream::unfold(st, |mut st| async move {
         loop {
@@ -490,6 +522,7 @@ async fn multipart(path: &Path, len: u64, ranges: Vec<(u64, u64)>, head: bool) -
                 .await;
                 return match r {
                     Ok(_) => {
+                        (st.count)(n as u64);
                         st.current = Some((pos + n as u64, end));
                         Some((Ok(Bytes::from(buf)), st))
                     }
