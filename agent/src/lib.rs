@@ -3,10 +3,14 @@
 //! cache, the HTTP client and the command-line interface built on them.
 //! The `peerdelta` binary (`src/main.rs`) is a thin shell over this library.
 
+pub mod cache;
+pub mod client;
 pub mod cmd;
+pub mod config;
 pub mod dp;
 pub mod fault;
 pub mod fsutil;
+pub mod get;
 pub mod logging;
 pub mod pack;
 pub mod progress;

@@ -25,6 +25,11 @@ struct Cli {
 enum Command {
     /// Run the demo: a differential update on generated data, with the WAN bytes saved.
     Demo(cmd::demo::DemoArgs),
+    /// Update a package version from the DP into the cache (and --out).
+    Get(cmd::get::GetArgs),
+    /// The local content cache: list, verify, gc.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Cache(cmd::cache::CacheCommand),
     /// Distribution point: publish packages, serve them, read status reports.
     #[command(subcommand, after_help = EXIT_CODES)]
     Dp(dp::DpCommand),
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Dp(c) => dp::run(c),
+        Command::Get(a) => cmd::get::run(a),
+        Command::Cache(c) => cmd::cache::run(c),
         Command::Rdc(c) => cmd::rdc::run(c),
     };
     match result {

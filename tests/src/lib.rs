@@ -6,6 +6,8 @@
 //! integration test, which makes cargo build it before any test runs.
 
 pub mod fixtures;
+pub mod library;
+pub mod nginx;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -36,6 +38,18 @@ where
     let mut c = Command::new(peerdelta_bin());
     c.args(args);
     c.env_remove("RUST_LOG");
+    // No user configuration file or cache leaks into a test.
+    let isolated = std::env::temp_dir().join("peerdelta-tests-home");
+    c.env("XDG_CONFIG_HOME", isolated.join("config"));
+    c.env("XDG_CACHE_HOME", isolated.join("cache"));
+    for v in [
+        "PEERDELTA_DP",
+        "PEERDELTA_DP_KEY",
+        "PEERDELTA_CACHE",
+        "PEERDELTA_CONFIG",
+    ] {
+        c.env_remove(v);
+    }
     c
 }
 

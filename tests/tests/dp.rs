@@ -4,61 +4,22 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use peerdelta_protocol::manifest::{
-    EntryKind, Manifest, open_index, open_manifest, parse_public_key,
-};
+use peerdelta_protocol::manifest::{EntryKind, Manifest, open_index, open_manifest};
 use peerdelta_protocol::{ContentHash, layout};
-use peerdelta_tests::fixtures::{Tree, rebuild_over_http, versions, write_tree};
+use peerdelta_tests::fixtures::{rebuild_over_http, versions, write_tree};
+use peerdelta_tests::library::{
+    init_library, library_key, library_manifest, publish, published_series,
+};
 use peerdelta_tests::{DpServer, get, http, peerdelta, run_code, run_ok};
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    lib: PathBuf,
-    trees: Vec<Tree>,
-}
-
-fn init(dir: &Path) -> PathBuf {
-    let lib = dir.join("library");
-    let out = run_ok(peerdelta(["dp", "init", "--library"]).arg(&lib));
-    assert!(out.contains("DP public key"), "{out}");
-    lib
-}
-
-fn publish(lib: &Path, package: &str, src: &Path) -> serde_json::Value {
-    let out = run_ok(
-        peerdelta(["dp", "publish", "--json", "--package", package, "--library"])
-            .arg(lib)
-            .arg(src),
-    );
-    serde_json::from_str(&out).unwrap()
-}
-
-fn published_series() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = init(dir.path());
-    let trees = versions();
-    for (k, t) in trees.iter().enumerate() {
-        let src = dir.path().join(format!("src{}", k + 1));
-        write_tree(&src, t);
-        let s = publish(&lib, "app", &src);
-        assert_eq!(s["version"], (k + 1) as u64);
-    }
-    Setup {
-        _dir: dir,
-        lib,
-        trees,
-    }
-}
-
 fn key(lib: &Path) -> ed25519_dalek::VerifyingKey {
-    parse_public_key(&fs::read_to_string(lib.join("dp.pub")).unwrap()).unwrap()
+    library_key(lib)
 }
 
 fn manifest(lib: &Path, v: u64) -> Manifest {
-    let bytes = fs::read(lib.join(format!("packages/app/{v}/manifest"))).unwrap();
-    open_manifest(&bytes, &key(lib)).unwrap()
+    library_manifest(lib, "app", v).0
 }
 
 #[test]
@@ -179,7 +140,7 @@ fn six_versions_publish_verify_and_rebuild_from_each_of_the_previous_four() {
 #[test]
 fn republishing_identical_content_only_hashes() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = init(dir.path());
+    let lib = init_library(dir.path());
     let src = dir.path().join("src");
     write_tree(&src, &versions()[0]);
     let first = publish(&lib, "app", &src);
@@ -217,7 +178,7 @@ fn tampered_manifest_index_or_needs_list_is_rejected() {
     }
     // A manifest signed by another DP.
     let other = tempfile::tempdir().unwrap();
-    let other_lib = init(other.path());
+    let other_lib = init_library(other.path());
     assert!(open_manifest(&good, &key(&other_lib)).is_err());
     // On disk, dp verify notices.
     let mut bad = good.clone();
@@ -257,7 +218,7 @@ fn tampered_manifest_index_or_needs_list_is_rejected() {
 #[test]
 fn bad_inputs_are_refused_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = init(dir.path());
+    let lib = init_library(dir.path());
     let src = dir.path().join("src");
     write_tree(&src, &versions()[0]);
     publish(&lib, "app", &src);
@@ -345,7 +306,7 @@ fn bad_inputs_are_refused_naming_the_path() {
 #[test]
 fn private_key_stays_private() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = init(dir.path());
+    let lib = init_library(dir.path());
     let key_file = dir.path().join("library.private/dp.key");
     assert_eq!(
         fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,

@@ -6,69 +6,13 @@
 //! installs it.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use peerdelta_protocol::ContentHash;
 use peerdelta_protocol::manifest::{Manifest, open_manifest, parse_public_key};
 use peerdelta_tests::fixtures::{rebuild_over_http, versions, write_tree};
-use peerdelta_tests::{DpServer, Running, get, http, peerdelta, run_ok};
-
-fn nginx_binary() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// nginx in the foreground, one process, everything under `dir`.
-fn start_nginx(bin: &Path, dir: &Path, root: &Path) -> (Running, String) {
-    let port = free_port();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  default_type application/octet-stream;\n\
-           client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
-           uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location / {{ }}\n  }}\n}}\n",
-        d = dir.display(),
-        root = root.display(),
-    );
-    let conf_path = dir.join("nginx.conf");
-    fs::write(&conf_path, conf).unwrap();
-    let child = std::process::Command::new(bin)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf_path)
-        .spawn()
-        .expect("starting nginx");
-    let addr = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nginx did not start: {:?}",
-            fs::read_to_string(dir.join("error.log"))
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (
-        Running {
-            child,
-            banner: String::new(),
-        },
-        addr,
-    )
-}
+use peerdelta_tests::nginx::{Nginx, nginx_binary};
+use peerdelta_tests::{DpServer, get, http, peerdelta, run_ok};
 
 fn files(dir: &Path, rel: &str, out: &mut Vec<String>) {
     for e in fs::read_dir(dir.join(rel)).unwrap() {
@@ -106,9 +50,8 @@ fn nginx_serves_the_library_like_dp_serve() {
                 .arg(&src),
         );
     }
-    let ngx_dir = dir.path().join("nginx");
-    fs::create_dir_all(&ngx_dir).unwrap();
-    let (_nginx, ngx) = start_nginx(&nginx, &ngx_dir, &lib);
+    let server = Nginx::start(&nginx, &dir.path().join("nginx"), &lib);
+    let ngx = server.addr.clone();
     let dp = DpServer::start(&lib);
 
     let mut all = Vec::new();

@@ -1,4 +1,6 @@
 //! One module per top-level command.
 
+pub mod cache;
 pub mod demo;
+pub mod get;
 pub mod rdc;

@@ -1,0 +1,474 @@
+//! The agent's content cache.
+//!
+//! ```text
+//! CACHE/content/<shard>/<hash>            verified contents, by BLAKE3
+//! CACHE/versions/<package>/<version>/manifest   signed manifest of a complete version
+//! CACHE/versions/<package>/<version>/lock       held (shared) while the version is in use
+//! CACHE/partial/<hash>/                   a content being built: data, journal of verified runs
+//! CACHE/quarantine/                       contents that failed verification
+//! CACHE/tmp/                              files being written
+//! ```
+//!
+//! Invariants: a file is in `content/` only if its BLAKE3 was checked (the
+//! only way in is [`Cache::insert`], which takes a [`VerifiedContent`] that
+//! only [`verify_file`] makes) and it was fsynced before the rename. A version
+//! is recorded (its manifest written) only once every content it names is in
+//! `content/`. So a crash or SIGKILL at any point leaves, at worst, files in
+//! `tmp/` and `partial/`, never a corrupt file recorded as good.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::VerifyingKey;
+use peerdelta_protocol::ContentHash;
+use peerdelta_protocol::manifest::{self, Manifest, PackageName};
+use serde::Serialize;
+
+use crate::fsutil::sync_dir;
+
+/// The cache.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// A file whose BLAKE3 was just checked; [`Cache::insert`] accepts nothing else.
+#[derive(Debug)]
+pub struct VerifiedContent {
+    path: PathBuf,
+    hash: ContentHash,
+}
+
+impl VerifiedContent {
+    /// The verified hash.
+    pub fn hash(&self) -> ContentHash {
+        self.hash
+    }
+}
+
+/// Why a file failed verification.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: BLAKE3 {actual}, expected {expected}")]
+pub struct HashMismatch {
+    /// The file.
+    pub path: String,
+    /// Expected hash.
+    pub expected: ContentHash,
+    /// Hash found.
+    pub actual: ContentHash,
+}
+
+/// Hashes `path` (fsynced first) and checks it against `expected`.
+pub fn verify_file(path: &Path, expected: &ContentHash) -> anyhow::Result<VerifiedContent> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    let (actual, _) = hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
+    if actual != *expected {
+        return Err(HashMismatch {
+            path: path.display().to_string(),
+            expected: *expected,
+            actual,
+        }
+        .into());
+    }
+    Ok(VerifiedContent {
+        path: path.to_owned(),
+        hash: actual,
+    })
+}
+
+/// BLAKE3 and length of everything `r` yields.
+pub fn hash_reader(mut r: impl Read) -> std::io::Result<(ContentHash, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((h.finalize().into(), len))
+}
+
+/// One version in the cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CachedVersion {
+    /// The package.
+    pub package: String,
+    /// The version.
+    pub version: u64,
+    /// Files.
+    pub files: u64,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// Last used (ms since the Unix epoch).
+    pub last_used_ms: u64,
+    /// Some contents are missing (damaged and quarantined).
+    pub incomplete: bool,
+}
+
+/// What `cache verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Always "cache_verify".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Contents checked.
+    pub checked: u64,
+    /// Contents that failed and were quarantined.
+    pub quarantined: Vec<String>,
+    /// Versions no longer complete, removed from the cache (get them again).
+    pub dropped_versions: Vec<String>,
+}
+
+/// What `cache gc` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Always "cache_gc".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Bytes of contents before and after.
+    pub bytes_before: u64,
+    /// After.
+    pub bytes_after: u64,
+    /// Versions evicted, least recently used first.
+    pub evicted: Vec<String>,
+    /// Versions kept although over the limit, and why.
+    pub kept: Vec<String>,
+}
+
+impl Cache {
+    /// Opens (creating) the cache at `root`.
+    pub fn open(root: &Path) -> anyhow::Result<Cache> {
+        for d in ["content", "versions", "partial", "quarantine", "tmp"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        Ok(Cache {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a content is (or would be).
+    pub fn content_path(&self, h: &ContentHash) -> PathBuf {
+        self.root.join("content").join(h.shard()).join(h.to_hex())
+    }
+
+    /// Whether a content is present.
+    pub fn has(&self, h: &ContentHash) -> bool {
+        self.content_path(h).is_file()
+    }
+
+    /// A new temporary path.
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{what}.{}.{n}", std::process::id()))
+    }
+
+    /// The work directory of a content being built.
+    pub fn partial_dir(&self, h: &ContentHash) -> PathBuf {
+        self.root.join("partial").join(h.to_hex())
+    }
+
+    /// Records a verified content (moving the file in).
+    pub fn insert(&self, v: VerifiedContent) -> anyhow::Result<PathBuf> {
+        let dest = self.content_path(&v.hash);
+        let dir = dest.parent().context("content path without parent")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if dest.exists() {
+            let _ = fs::remove_file(&v.path);
+        } else {
+            fs::rename(&v.path, &dest)
+                .with_context(|| format!("moving {} into the cache", v.path.display()))?;
+            sync_dir(dir)?;
+        }
+        Ok(dest)
+    }
+
+    /// Moves a damaged content out of the cache.
+    pub fn quarantine(&self, h: &ContentHash, why: &str) -> anyhow::Result<()> {
+        let src = self.content_path(h);
+        let dest =
+            self.root
+                .join("quarantine")
+                .join(format!("{}.{}", h.to_hex(), crate::util::now_ms()));
+        match fs::rename(&src, &dest) {
+            Ok(()) => {
+                tracing::warn!(content = %h, "quarantined a damaged content: {why}");
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("quarantining {}", src.display())),
+        }
+    }
+
+    fn version_dir(&self, package: &PackageName, version: u64) -> PathBuf {
+        self.root
+            .join("versions")
+            .join(package.as_str())
+            .join(version.to_string())
+    }
+
+    /// Takes a shared lock marking a version as in use (gc will not evict it).
+    pub fn use_version(&self, package: &PackageName, version: u64) -> anyhow::Result<File> {
+        let dir = self.version_dir(package, version);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .with_context(|| format!("opening {}", dir.join("lock").display()))?;
+        f.lock_shared()
+            .with_context(|| format!("locking {}", dir.join("lock").display()))?;
+        Ok(f)
+    }
+
+    /// Records a complete version: every content it names must be present.
+    pub fn record_version(&self, m: &Manifest, signed: &[u8]) -> anyhow::Result<()> {
+        for (e, f) in m.files() {
+            if !self.has(&f.hash) {
+                bail!(
+                    "cannot record {} v{}: {} is missing",
+                    m.package,
+                    m.version,
+                    e.path
+                );
+            }
+        }
+        let dir = self.version_dir(&m.package, m.version);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = self.tmp_path("manifest");
+        crate::dp::library::write_synced(&tmp, signed)?;
+        fs::rename(&tmp, dir.join("manifest"))
+            .with_context(|| format!("recording {}", dir.display()))?;
+        sync_dir(&dir)?;
+        self.touch(&m.package, m.version);
+        Ok(())
+    }
+
+    /// Marks a version as just used.
+    pub fn touch(&self, package: &PackageName, version: u64) {
+        let p = self.version_dir(package, version).join("used");
+        let _ = fs::write(&p, crate::util::now_ms().to_string());
+    }
+
+    fn last_used(&self, package: &PackageName, version: u64) -> u64 {
+        fs::read_to_string(self.version_dir(package, version).join("used"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Recorded versions: `(package, version)`, sorted.
+    pub fn versions(&self) -> anyhow::Result<Vec<(PackageName, u64)>> {
+        let mut out = Vec::new();
+        let root = self.root.join("versions");
+        for p in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
+            let p = p?;
+            let Some(name) = p
+                .file_name()
+                .to_str()
+                .and_then(|n| PackageName::new(n).ok())
+            else {
+                continue;
+            };
+            for v in fs::read_dir(p.path())? {
+                let v = v?;
+                if let Some(n) = v.file_name().to_str().and_then(|n| n.parse::<u64>().ok())
+                    && v.path().join("manifest").is_file()
+                {
+                    out.push((name.clone(), n));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A recorded version's manifest and its signed bytes.
+    pub fn manifest(
+        &self,
+        package: &PackageName,
+        version: u64,
+        key: &VerifyingKey,
+    ) -> anyhow::Result<(Manifest, Vec<u8>)> {
+        let p = self.version_dir(package, version).join("manifest");
+        let bytes = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        let m = manifest::open_manifest(&bytes, key)
+            .with_context(|| format!("verifying {}", p.display()))?;
+        Ok((m, bytes))
+    }
+
+    /// Every recorded version with its manifest (unreadable ones skipped).
+    pub fn manifests(&self, key: &VerifyingKey) -> anyhow::Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for (p, v) in self.versions()? {
+            match self.manifest(&p, v, key) {
+                Ok((m, _)) => out.push(m),
+                Err(e) => tracing::warn!("skipping cached {p} v{v}: {e:#}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The versions with sizes and use times.
+    pub fn list(&self, key: &VerifyingKey) -> anyhow::Result<Vec<CachedVersion>> {
+        let mut out = Vec::new();
+        for m in self.manifests(key)? {
+            out.push(CachedVersion {
+                package: m.package.to_string(),
+                version: m.version,
+                files: m.files().count() as u64,
+                bytes: m.total_bytes(),
+                last_used_ms: self.last_used(&m.package, m.version),
+                incomplete: m.files().any(|(_, f)| !self.has(&f.hash)),
+            });
+        }
+        Ok(out)
+    }
+
+    fn all_contents(&self) -> anyhow::Result<Vec<(ContentHash, PathBuf, u64)>> {
+        let mut out = Vec::new();
+        let root = self.root.join("content");
+        for shard in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&shard)? {
+                let f = f?;
+                let Some(h) = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<ContentHash>().ok())
+                else {
+                    continue;
+                };
+                out.push((h, f.path(), f.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-hashes every content, quarantines the damaged ones, and removes the
+    /// records of versions that are no longer complete.
+    pub fn verify(&self, key: &VerifyingKey) -> anyhow::Result<VerifyReport> {
+        let mut report = VerifyReport {
+            kind: "cache_verify",
+            ..Default::default()
+        };
+        for (h, path, _) in self.all_contents()? {
+            report.checked += 1;
+            let ok = File::open(&path)
+                .and_then(hash_reader)
+                .map(|(a, _)| a == h)
+                .unwrap_or(false);
+            if !ok {
+                self.quarantine(&h, "cache verify")?;
+                report.quarantined.push(h.to_hex());
+            }
+        }
+        for m in self.manifests(key)? {
+            if m.files().any(|(_, f)| !self.has(&f.hash)) {
+                let dir = self.version_dir(&m.package, m.version);
+                let _ = fs::remove_file(dir.join("manifest"));
+                report
+                    .dropped_versions
+                    .push(format!("{} v{}", m.package, m.version));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Evicts least recently used versions until contents take at most
+    /// `max_bytes`. Never a version in use, nor the newest version of a
+    /// package unless `include_newest`.
+    pub fn gc(
+        &self,
+        key: &VerifyingKey,
+        max_bytes: u64,
+        include_newest: bool,
+    ) -> anyhow::Result<GcReport> {
+        let contents = self.all_contents()?;
+        let size: BTreeMap<ContentHash, u64> = contents.iter().map(|(h, _, s)| (*h, *s)).collect();
+        let mut total: u64 = size.values().sum();
+        let mut report = GcReport {
+            kind: "cache_gc",
+            bytes_before: total,
+            ..Default::default()
+        };
+        let mut manifests = self.manifests(key)?;
+        let newest: BTreeMap<String, u64> = manifests.iter().fold(BTreeMap::new(), |mut acc, m| {
+            let e = acc.entry(m.package.to_string()).or_insert(0);
+            *e = (*e).max(m.version);
+            acc
+        });
+        manifests.sort_by_key(|m| self.last_used(&m.package, m.version));
+        let mut live: Vec<Manifest> = manifests.clone();
+        for m in manifests {
+            if total <= max_bytes {
+                break;
+            }
+            let name = format!("{} v{}", m.package, m.version);
+            if !include_newest && newest.get(m.package.as_str()) == Some(&m.version) {
+                report.kept.push(format!("{name}: newest version"));
+                continue;
+            }
+            let dir = self.version_dir(&m.package, m.version);
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("lock"))?;
+            if lock.try_lock().is_err() {
+                report.kept.push(format!("{name}: in use"));
+                continue;
+            }
+            fs::remove_file(dir.join("manifest")).with_context(|| format!("evicting {name}"))?;
+            let _ = fs::remove_file(dir.join("used"));
+            live.retain(|x| !(x.package == m.package && x.version == m.version));
+            let still: HashSet<ContentHash> = live
+                .iter()
+                .flat_map(|x| x.files().map(|(_, f)| f.hash))
+                .collect();
+            for (h, path, s) in &contents {
+                if !still.contains(h) && path.exists() {
+                    fs::remove_file(path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                    total -= s;
+                }
+            }
+            drop(lock);
+            let _ = fs::remove_dir_all(&dir);
+            report.evicted.push(name);
+        }
+        report.bytes_after = total;
+        Ok(report)
+    }
+}
+
+/// Seconds since a file was modified (for stale partial work).
+pub fn age_secs(path: &Path) -> Option<u64> {
+    let m = fs::metadata(path).ok()?.modified().ok()?;
+    SystemTime::now()
+        .duration_since(m)
+        .ok()
+        .map(|d| d.as_secs())
+}

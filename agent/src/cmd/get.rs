@@ -1,0 +1,150 @@
+//! `peerdelta get`: update a package version from the DP into the cache.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use peerdelta_protocol::fetchplan::RequestLimits;
+use peerdelta_protocol::manifest::PackageName;
+
+use crate::cache::Cache;
+use crate::client::{DpClient, RetryPolicy};
+use crate::config::{ConfigFile, default_cache_dir, load_key};
+use crate::get::{GetOptions, get};
+use crate::logging::{self, LogFormat};
+use crate::usage;
+use crate::util::human_bytes;
+
+/// Arguments of `peerdelta get`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The package.
+    #[arg(long)]
+    package: String,
+    /// The version (default: the newest).
+    #[arg(long)]
+    version: Option<u64>,
+    /// The DP's URL (default: `dp` in the config file).
+    #[arg(long, env = "PEERDELTA_DP")]
+    dp: Option<String>,
+    /// The DP's public key: 64 hex digits or a key file (default: `dp_key`).
+    #[arg(long, env = "PEERDELTA_DP_KEY")]
+    dp_key: Option<String>,
+    /// Cache directory (default: `cache` in the config file, else the user cache).
+    #[arg(long, env = "PEERDELTA_CACHE")]
+    cache: Option<PathBuf>,
+    /// Materialise the version into this directory (replacing it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Materialise with hard links into the cache instead of copies.
+    #[arg(long)]
+    link: bool,
+    /// Configuration file (default: ~/.config/peerdelta/config.toml if present).
+    #[arg(long, env = "PEERDELTA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Cap on DP traffic, e.g. "2 MiB/s" or "20 Mbit/s".
+    #[arg(long)]
+    max_rate: Option<String>,
+    /// Background mode: back off when round-trip time rises (LEDBAT).
+    #[arg(long)]
+    background: bool,
+    /// DP requests in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    concurrency: u32,
+    /// Most bytes in one request.
+    #[arg(long, default_value_t = 4 << 20)]
+    request_bytes: u64,
+    /// Give up on an unreachable DP after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    retry_secs: u64,
+    /// Do not send status reports to the DP.
+    #[arg(long)]
+    no_report: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Hostname, for status reports.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "agent".into())
+}
+
+/// Runs `peerdelta get` against the DP directly.
+pub fn run(a: GetArgs) -> anyhow::Result<()> {
+    logging::init(
+        LogFormat::Text,
+        if a.quiet || a.json { "error" } else { "warn" },
+    );
+    let cfg = ConfigFile::resolve(a.config.as_deref())?;
+    let dp =
+        a.dp.clone()
+            .or(cfg.dp.clone())
+            .ok_or_else(|| usage!("no DP: give --dp URL or set dp in the config file"))?;
+    let key_spec = a
+        .dp_key
+        .clone()
+        .or(cfg.dp_key.clone())
+        .ok_or_else(|| usage!("no DP key: give --dp-key or set dp_key in the config file"))?;
+    let key = load_key(&key_spec)?;
+    let package = PackageName::new(&a.package).map_err(|e| usage!("{e}"))?;
+    let governor = cfg.governor(a.max_rate.as_deref(), a.background)?;
+    let cache_dir = a
+        .cache
+        .clone()
+        .or(cfg.cache.clone())
+        .unwrap_or_else(default_cache_dir);
+    let cache = Cache::open(&cache_dir)?;
+    let client = DpClient::new(
+        &dp,
+        governor,
+        RetryPolicy {
+            give_up_after: std::time::Duration::from_secs(a.retry_secs),
+        },
+    )?;
+    let opts = GetOptions {
+        package,
+        version: a.version,
+        out: a.out.clone(),
+        link: a.link,
+        concurrency: a.concurrency as usize,
+        limits: RequestLimits {
+            max_ranges: 64,
+            max_bytes: a.request_bytes.max(64 * 1024),
+        },
+        progress: !a.quiet && !a.json,
+        agent: host_name(),
+        report: !a.no_report,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let s = rt.block_on(get(&client, &cache, &key, &opts))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else if !a.quiet {
+        println!(
+            "{} v{}: {} files, {}; {} from the DP, {} reused locally ({} cached, {} rebuilt from a needs list, {} by RDC, {} whole) in {:.1} s",
+            s.package,
+            s.version,
+            s.files,
+            human_bytes(s.bytes),
+            human_bytes(s.dp_bytes),
+            human_bytes(s.reused_bytes),
+            s.cached_contents,
+            s.delta_contents,
+            s.rdc_contents,
+            s.whole_contents,
+            s.seconds
+        );
+    }
+    Ok(())
+}

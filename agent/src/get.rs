@@ -1,0 +1,1115 @@
+//! Updating one package version from the DP into the cache, as cheaply and
+//! safely as one agent alone can (`peerdelta get --dp …`).
+//!
+//! For each content of the version:
+//!
+//! - in the cache already: nothing crosses the network;
+//! - a needs list starts from a content in the cache: seed runs are copied
+//!   from it, origin runs fetched (from the pack when the DP compressed them,
+//!   else from the content itself by Range), every run checked against its
+//!   hash before it is written;
+//! - an older version of the same file is in the cache but no needs list
+//!   fits (the receiver is more than five versions behind): client-side
+//!   recursive RDC against the content's signatures;
+//! - otherwise the whole content, run by run with its pieces file (or
+//!   compressed, for a small one).
+//!
+//! Progress is durable: verified runs are written to `partial/<hash>/data`,
+//! fsynced, then recorded in a journal of verified byte ranges. An
+//! interrupted get (killed, network cut, DP restarted) starts again where it
+//! stopped and never fetches verified bytes twice. Every content is checked
+//! against its BLAKE3 before it enters the cache, and a version is recorded
+//! only when all its contents are there.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::VerifyingKey;
+use futures_util::{StreamExt, stream};
+use peerdelta_protocol::fetchplan::{self, RequestLimits};
+use peerdelta_protocol::getplan::{self, Source};
+use peerdelta_protocol::manifest::{self, EntryKind, FileEntry, Manifest, PackageName};
+use peerdelta_protocol::needs::{Need, RecursivePlan, SeedLevels};
+use peerdelta_protocol::needsfile::{self, PlacedRun, RunSource};
+use peerdelta_protocol::rdc::{MAX_LEVELS, SignatureBuilder};
+use peerdelta_protocol::status::{StatusEvent, StatusReport};
+use peerdelta_protocol::{ContentHash, layout, sigstore};
+use serde::Serialize;
+
+use crate::cache::{Cache, VerifiedContent, verify_file};
+use crate::client::{DpClient, FetchError};
+use crate::progress::Progress;
+use crate::util::now_ms;
+
+/// What to get.
+#[derive(Debug, Clone)]
+pub struct GetOptions {
+    /// The package.
+    pub package: PackageName,
+    /// A version, or the newest.
+    pub version: Option<u64>,
+    /// Materialise the version into this directory.
+    pub out: Option<PathBuf>,
+    /// Materialise with hard links into the cache instead of copies.
+    pub link: bool,
+    /// Requests to the DP in flight at once.
+    pub concurrency: usize,
+    /// Size of one request.
+    pub limits: RequestLimits,
+    /// Show progress.
+    pub progress: bool,
+    /// Name in status reports.
+    pub agent: String,
+    /// Send status reports to the DP.
+    pub report: bool,
+}
+
+/// What a get did (`--json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct GetSummary {
+    /// Always "get".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The package.
+    pub package: String,
+    /// The version.
+    pub version: u64,
+    /// Files in the version.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes received from the DP (index, manifest, needs lists, data).
+    pub dp_bytes: u64,
+    /// Bytes reused from the local cache (whole contents and seed runs).
+    pub reused_bytes: u64,
+    /// Contents already in the cache.
+    pub cached_contents: u64,
+    /// Contents rebuilt with a needs list.
+    pub delta_contents: u64,
+    /// Contents rebuilt by client-side recursive RDC.
+    pub rdc_contents: u64,
+    /// Contents downloaded whole.
+    pub whole_contents: u64,
+    /// Runs or contents that failed verification (and were refetched).
+    pub hash_failures: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Why building one content failed.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// A run read from the local base did not verify: the base is damaged.
+    #[error("the local base {base} is damaged: {detail}")]
+    BaseCorrupt { base: ContentHash, detail: String },
+    /// Bytes from the DP did not verify, twice.
+    #[error("data from the DP failed verification: {0}")]
+    Dp(String),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<FetchError> for JobError {
+    fn from(e: FetchError) -> Self {
+        JobError::Other(e.into())
+    }
+}
+
+struct Ctx<'a> {
+    client: &'a DpClient,
+    cache: &'a Cache,
+    opts: &'a GetOptions,
+    manifest: &'a Manifest,
+    reused: AtomicU64,
+    failures: AtomicU64,
+    progress: Progress,
+}
+
+/// Gets a version into the cache (and `--out`).
+pub async fn get(
+    client: &DpClient,
+    cache: &Cache,
+    key: &VerifyingKey,
+    opts: &GetOptions,
+) -> anyhow::Result<GetSummary> {
+    let started = Instant::now();
+    let (manifest, signed) = fetch_manifest(client, key, &opts.package, opts.version).await?;
+    let _in_use = cache.use_version(&manifest.package, manifest.version)?;
+    let older = older_files(cache, key, &manifest);
+    let sizes: HashMap<ContentHash, &FileEntry> =
+        manifest.files().map(|(_, f)| (f.hash, f)).collect();
+    let plans: Vec<(ContentHash, &FileEntry, Source)> =
+        getplan::plan(&manifest, |h| cache.has(h), |p| older.get(p).copied())
+            .into_iter()
+            .filter_map(|p| Some((p.hash, *sizes.get(&p.hash)?, p.source)))
+            .collect();
+    let todo: u64 = plans
+        .iter()
+        .filter(|p| !matches!(p.2, Source::Held))
+        .map(|p| p.1.size)
+        .sum();
+    let ctx = Ctx {
+        client,
+        cache,
+        opts,
+        manifest: &manifest,
+        reused: AtomicU64::new(0),
+        failures: AtomicU64::new(0),
+        progress: Progress::new("get", plans.len() as u64, todo, opts.progress),
+    };
+    let mut held = 0u64;
+    for (h, f, p) in &plans {
+        if matches!(p, Source::Held) {
+            held += 1;
+            ctx.reused.fetch_add(f.size, Ordering::Relaxed);
+        }
+        tracing::debug!(content = %h, plan = ?p, "plan");
+    }
+    // Contents run a few at a time; requests are bounded per content.
+    let jobs = plans.iter().filter(|p| !matches!(p.2, Source::Held));
+    let results: Vec<anyhow::Result<How>> = stream::iter(jobs)
+        .map(|(h, f, p)| obtain(&ctx, *h, f, p.clone()))
+        .buffer_unordered(opts.concurrency.clamp(1, 8))
+        .collect()
+        .await;
+    ctx.progress.finish();
+    let mut counts = [0u64; 3];
+    for r in results {
+        counts[r? as usize] += 1;
+    }
+    cache.record_version(&manifest, &signed)?;
+    if let Some(out) = &opts.out {
+        materialize(cache, &manifest, out, opts.link)?;
+    }
+    let summary = GetSummary {
+        kind: "get",
+        package: manifest.package.to_string(),
+        version: manifest.version,
+        files: manifest.files().count() as u64,
+        bytes: manifest.total_bytes(),
+        dp_bytes: client.wan_bytes(),
+        reused_bytes: ctx.reused.load(Ordering::Relaxed),
+        cached_contents: held,
+        delta_contents: counts[How::Delta as usize],
+        rdc_contents: counts[How::Rdc as usize],
+        whole_contents: counts[How::Whole as usize],
+        hash_failures: ctx.failures.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if opts.report {
+        client
+            .report(&StatusReport {
+                agent: opts.agent.clone(),
+                package: manifest.package.clone(),
+                version: manifest.version,
+                event: StatusEvent::Completed {
+                    wan_bytes: summary.dp_bytes,
+                    lan_bytes: 0,
+                    reused_bytes: summary.reused_bytes,
+                },
+                time_ms: now_ms(),
+            })
+            .await;
+    }
+    Ok(summary)
+}
+
+/// Fetches and verifies the index and the manifest of `version` (or the newest).
+pub async fn fetch_manifest(
+    client: &DpClient,
+    key: &VerifyingKey,
+    package: &PackageName,
+    version: Option<u64>,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let index_bytes = match client.get_bytes(&layout::index(package), 64 << 20).await {
+        Ok(b) => b,
+        Err(FetchError::NotFound { .. }) => bail!("the DP has no package {package}"),
+        Err(e) => return Err(e.into()),
+    };
+    let index = manifest::open_index(&index_bytes, key).context("the DP's package index")?;
+    anyhow::ensure!(
+        index.package == *package,
+        "the DP's index for {package} describes {}",
+        index.package
+    );
+    let entry = match version {
+        Some(v) => index.get(v).with_context(|| {
+            let latest = index.latest().map_or(0, |e| e.version);
+            format!("package {package} has no version {v} (the newest is {latest})")
+        })?,
+        None => index
+            .latest()
+            .with_context(|| format!("package {package} has no versions"))?,
+    };
+    let bytes = client
+        .get_sized(
+            &layout::manifest(package, entry.version),
+            entry.manifest_len,
+        )
+        .await?;
+    anyhow::ensure!(
+        ContentHash::of(&bytes) == entry.manifest_hash,
+        "the manifest of {package} v{} does not match the index",
+        entry.version
+    );
+    let m = manifest::open_manifest(&bytes, key)
+        .with_context(|| format!("the manifest of {package} v{}", entry.version))?;
+    anyhow::ensure!(
+        m.package == *package && m.version == entry.version,
+        "the manifest describes {} v{}",
+        m.package,
+        m.version
+    );
+    Ok((m, bytes))
+}
+
+/// For each path of the package in the cached versions, a cached content at
+/// that path (the newest), for client-side RDC.
+fn older_files(
+    cache: &Cache,
+    key: &VerifyingKey,
+    target: &Manifest,
+) -> HashMap<String, ContentHash> {
+    let mut out = HashMap::new();
+    let mut versions: Vec<Manifest> = cache
+        .manifests(key)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.package == target.package && m.version != target.version)
+        .collect();
+    versions.sort_by_key(|m| m.version);
+    for m in versions {
+        for (e, f) in m.files() {
+            if cache.has(&f.hash) {
+                out.insert(e.path.to_string(), f.hash);
+            }
+        }
+    }
+    out
+}
+
+/// How a content was finally obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    Delta = 0,
+    Rdc = 1,
+    Whole = 2,
+}
+
+/// Obtains one content, falling back to a whole download when a local base
+/// turns out damaged or client-side RDC does not produce the content. Runs
+/// already verified stay (the journal is of content ranges, whatever built
+/// them), so a fallback fetches only the rest.
+async fn obtain(ctx: &Ctx<'_>, hash: ContentHash, f: &FileEntry, p: Source) -> anyhow::Result<How> {
+    let mut how = match &p {
+        Source::Delta(_) => How::Delta,
+        Source::Rdc(_) => How::Rdc,
+        _ => How::Whole,
+    };
+    let r = match &p {
+        Source::Delta(n) => {
+            rebuild(
+                ctx,
+                f,
+                layout::needs(&n.base, &hash),
+                n.file_hash,
+                n.file_len,
+                Some(n.base),
+            )
+            .await
+        }
+        Source::Rdc(seed) => match rdc(ctx, f, *seed).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                tracing::warn!(content = %hash, "client-side RDC failed ({e}); downloading the whole content");
+                how = How::Whole;
+                whole(ctx, f).await
+            }
+        },
+        Source::Pieces | Source::Small => whole(ctx, f).await,
+        Source::Held => bail!("internal: nothing to obtain for {hash}"),
+    };
+    let v = match r {
+        Ok(v) => v,
+        Err(JobError::BaseCorrupt { base, detail }) => {
+            ctx.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(content = %hash, "the local base {base} is damaged ({detail}); downloading the whole content");
+            ctx.cache.quarantine(&base, &detail)?;
+            report_failure(ctx, hash, "local base", &detail).await;
+            how = How::Whole;
+            match whole(ctx, f).await {
+                Ok(v) => v,
+                Err(e) => return Err(job_error(ctx, hash, f, e).await),
+            }
+        }
+        Err(e) => return Err(job_error(ctx, hash, f, e).await),
+    };
+    ctx.cache.insert(v)?;
+    let _ = fs::remove_dir_all(ctx.cache.partial_dir(&hash));
+    ctx.progress.add(1, 0);
+    Ok(how)
+}
+
+/// The error a failed job ends `get` with; bad DP data is reported first.
+async fn job_error(ctx: &Ctx<'_>, hash: ContentHash, f: &FileEntry, e: JobError) -> anyhow::Error {
+    match e {
+        JobError::Dp(detail) => {
+            ctx.failures.fetch_add(1, Ordering::Relaxed);
+            report_failure(ctx, hash, "dp", &detail).await;
+            anyhow::anyhow!(
+                "content {hash} ({} bytes): data from the DP failed verification: {detail}",
+                f.size
+            )
+        }
+        JobError::BaseCorrupt { base, detail } => {
+            anyhow::anyhow!("content {hash}: the local base {base} is damaged: {detail}")
+        }
+        JobError::Other(e) => e,
+    }
+}
+
+async fn report_failure(ctx: &Ctx<'_>, content: ContentHash, source: &str, detail: &str) {
+    if ctx.opts.report {
+        let detail: String = detail.chars().take(1000).collect();
+        ctx.client
+            .report(&StatusReport {
+                agent: ctx.opts.agent.clone(),
+                package: ctx.manifest.package.clone(),
+                version: ctx.manifest.version,
+                event: StatusEvent::HashFailure {
+                    content,
+                    source: source.to_owned(),
+                    detail,
+                },
+                time_ms: now_ms(),
+            })
+            .await;
+    }
+}
+
+/// The whole content: run by run with its pieces file, or in one piece.
+async fn whole(ctx: &Ctx<'_>, f: &FileEntry) -> Result<VerifiedContent, JobError> {
+    if let Some(p) = f.pieces {
+        return rebuild(
+            ctx,
+            f,
+            layout::needs(&ContentHash::EMPTY, &f.hash),
+            p.file_hash,
+            p.file_len,
+            None,
+        )
+        .await;
+    }
+    let content_rel = layout::content(&f.hash);
+    let first = match f.zst_len {
+        Some(zlen) => {
+            let z = ctx
+                .client
+                .get_sized(&layout::content_zst(&f.hash), zlen)
+                .await?;
+            zstd::bulk::decompress(&z, f.size as usize)
+                .map_err(|e| {
+                    tracing::warn!("{}: bad compressed copy: {e}", layout::content_zst(&f.hash))
+                })
+                .ok()
+        }
+        None => Some(ctx.client.get_sized(&content_rel, f.size).await?),
+    };
+    let raw = match first {
+        Some(raw) if ContentHash::of(&raw) == f.hash => raw,
+        _ => {
+            // One more try, plain bytes, before blaming the DP.
+            ctx.failures.fetch_add(1, Ordering::Relaxed);
+            let raw = ctx.client.get_sized(&content_rel, f.size).await?;
+            let got = ContentHash::of(&raw);
+            if got != f.hash {
+                return Err(JobError::Dp(format!("{content_rel} has BLAKE3 {got}")));
+            }
+            raw
+        }
+    };
+    write_verified(ctx, f, &raw)
+}
+
+fn write_verified(ctx: &Ctx<'_>, f: &FileEntry, raw: &[u8]) -> Result<VerifiedContent, JobError> {
+    let tmp = ctx.cache.tmp_path("content");
+    blocking(|| crate::dp::library::write_synced(&tmp, raw))?;
+    ctx.progress.add(0, f.size);
+    Ok(blocking(|| verify_file(&tmp, &f.hash))?)
+}
+
+/// Durable record of the byte ranges of a content already verified and written.
+struct Journal {
+    file: Mutex<File>,
+    done: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Journal {
+    fn open(path: &Path) -> anyhow::Result<Journal> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw)
+            .with_context(|| format!("reading {}", path.display()))?;
+        // A torn last record (a crash mid-append) is ignored.
+        let done = raw
+            .chunks_exact(16)
+            .map(|r| {
+                (
+                    u64::from_le_bytes(r[..8].try_into().unwrap_or_default()),
+                    u64::from_le_bytes(r[8..].try_into().unwrap_or_default()),
+                )
+            })
+            .collect();
+        Ok(Journal {
+            file: Mutex::new(file),
+            done: Mutex::new(done),
+        })
+    }
+
+    fn covers(&self, r: std::ops::Range<u64>) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        covered(&done, r)
+    }
+
+    /// Records ranges whose bytes are already written and fsynced.
+    fn record(&self, ranges: &[(u64, u64)]) -> anyhow::Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(16 * ranges.len());
+        for (o, l) in ranges {
+            buf.extend_from_slice(&o.to_le_bytes());
+            buf.extend_from_slice(&l.to_le_bytes());
+        }
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(&buf)
+            .and_then(|()| f.sync_data())
+            .context("writing the journal")?;
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(ranges);
+        Ok(())
+    }
+}
+
+/// Whether the union of `done` covers `r`.
+fn covered(done: &[(u64, u64)], r: std::ops::Range<u64>) -> bool {
+    let mut sorted: Vec<(u64, u64)> = done
+        .iter()
+        .copied()
+        .filter(|(o, l)| o + l > r.start && *o < r.end)
+        .collect();
+    sorted.sort_unstable();
+    let mut at = r.start;
+    for (o, l) in sorted {
+        if o > at {
+            return false;
+        }
+        at = at.max(o + l);
+        if at >= r.end {
+            return true;
+        }
+    }
+    at >= r.end
+}
+
+/// Builds a content from a needs list (or its pieces file, `base = None`).
+async fn rebuild(
+    ctx: &Ctx<'_>,
+    f: &FileEntry,
+    needs_rel: String,
+    needs_hash: ContentHash,
+    needs_len: u64,
+    base: Option<ContentHash>,
+) -> Result<VerifiedContent, JobError> {
+    let dir = ctx.cache.partial_dir(&f.hash);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The needs list, kept while the content is built so a resume does not fetch it again.
+    let saved = dir.join(format!("needs-{}.bin", needs_hash));
+    let bytes = match fs::read(&saved) {
+        Ok(b) if ContentHash::of(&b) == needs_hash => b,
+        _ => {
+            let b = ctx.client.get_sized(&needs_rel, needs_len).await?;
+            if ContentHash::of(&b) != needs_hash {
+                return Err(JobError::Dp(format!(
+                    "{needs_rel} does not match the manifest"
+                )));
+            }
+            crate::dp::library::write_synced(&saved, &b)?;
+            b
+        }
+    };
+    let nf = needsfile::decode(&bytes).map_err(|e| JobError::Dp(format!("{needs_rel}: {e}")))?;
+    if nf.target != f.hash || nf.target_len != f.size {
+        return Err(JobError::Dp(format!("{needs_rel} builds another content")));
+    }
+    let data_path = dir.join("data");
+    let data = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&data_path)
+        .with_context(|| format!("opening {}", data_path.display()))?;
+    data.set_len(f.size)
+        .with_context(|| format!("sizing {}", data_path.display()))?;
+    let journal = Journal::open(&dir.join("journal"))?;
+    let runs: Vec<PlacedRun> = nf.placed().collect();
+    let already: u64 = runs
+        .iter()
+        .filter(|r| journal.covers(r.target_range()))
+        .map(|r| u64::from(r.run.len))
+        .sum();
+    ctx.progress.add(0, already);
+
+    // Seed runs from the local base.
+    if let Some(base) = base {
+        blocking(|| copy_seed_runs(ctx, base, &runs, &journal, &data, &data_path))?;
+    }
+
+    // Origin runs: from the pack when there is one, then raw for whatever is left.
+    let origin = nf.origin_runs();
+    let missing: Vec<usize> = (0..origin.len())
+        .filter(|&i| !journal.covers(origin[i].target_range()))
+        .collect();
+    let mut raw_needed: Vec<usize> = Vec::new();
+    if let (Some(pack), false) = (&nf.pack, missing.is_empty()) {
+        let pack_rel = layout::pack(&nf.base, &nf.target);
+        let frames: Vec<(usize, u64, u64)> = pack
+            .frames
+            .iter()
+            .enumerate()
+            .filter(|(_, fr)| {
+                (fr.first..fr.first + fr.count).any(|i| {
+                    origin
+                        .get(i as usize)
+                        .is_some_and(|r| !journal.covers(r.target_range()))
+                })
+            })
+            .map(|(k, fr)| (k, fr.offset, u64::from(fr.len)))
+            .collect();
+        let failed = fetch_units(
+            ctx,
+            &pack_rel,
+            pack.len,
+            &frames,
+            &data,
+            &journal,
+            |k, bytes| {
+                let mut out = Outcome::default();
+                let Some(fr) = pack.frames.get(k) else {
+                    return Ok(out);
+                };
+                let runs = fr.first as usize..(fr.first + fr.count) as usize;
+                let raw = match crate::pack::unpack_frame(fr, bytes) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        tracing::warn!("pack frame at {} of {pack_rel}: {e:#}", fr.offset);
+                        out.failed.extend(runs);
+                        return Ok(out);
+                    }
+                };
+                let mut pos = 0usize;
+                for i in runs {
+                    let Some(r) = origin.get(i) else { continue };
+                    let len = r.run.len as usize;
+                    match raw.get(pos..pos + len) {
+                        Some(slice) if !journal.covers(r.target_range()) => {
+                            put_run(ctx, &data, &origin, i, slice, &pack_rel, &mut out)?
+                        }
+                        Some(_) => {}
+                        None => out.failed.push(i),
+                    }
+                    pos += len;
+                }
+                Ok(out)
+            },
+        )
+        .await?;
+        if !failed.is_empty() {
+            ctx.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        raw_needed.extend(failed);
+        // Runs of frames that could not be used at all.
+        raw_needed.extend(
+            missing
+                .iter()
+                .copied()
+                .filter(|&i| !journal.covers(origin[i].target_range())),
+        );
+    } else {
+        raw_needed = missing;
+    }
+    raw_needed.sort_unstable();
+    raw_needed.dedup();
+    fetch_raw_runs(ctx, f, &origin, &raw_needed, &journal, &data).await?;
+    if let Some(r) = origin.iter().find(|r| !journal.covers(r.target_range())) {
+        return Err(JobError::Other(anyhow::anyhow!(
+            "bytes {}..{} of {} never arrived",
+            r.target_offset,
+            r.target_range().end,
+            f.hash
+        )));
+    }
+
+    // Everything verified run by run; now the whole content.
+    data.sync_all().context("syncing")?;
+    drop(data);
+    let v = blocking(|| verify_file(&data_path, &f.hash))
+        .map_err(|e| JobError::Dp(format!("{e:#}")))?;
+    Ok(v)
+}
+
+/// Copies the seed runs not yet journaled from the local base into `data`,
+/// each verified against its hash first (a mismatch means the base is damaged).
+fn copy_seed_runs(
+    ctx: &Ctx<'_>,
+    base: ContentHash,
+    runs: &[PlacedRun],
+    journal: &Journal,
+    data: &File,
+    data_path: &Path,
+) -> Result<(), JobError> {
+    let base_path = ctx.cache.content_path(&base);
+    let base_file = File::open(&base_path).map_err(|e| JobError::BaseCorrupt {
+        base,
+        detail: format!("cannot open it: {e}"),
+    })?;
+    let mut pending: Vec<(u64, u64)> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let mut buf = Vec::new();
+    for r in runs
+        .iter()
+        .filter(|r| matches!(r.run.source, RunSource::Seed { .. }))
+    {
+        if journal.covers(r.target_range()) {
+            continue;
+        }
+        let RunSource::Seed { offset } = r.run.source else {
+            continue;
+        };
+        buf.resize(r.run.len as usize, 0);
+        base_file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| JobError::BaseCorrupt {
+                base,
+                detail: format!("reading it: {e}"),
+            })?;
+        let v = r.verify(&buf).map_err(|e| JobError::BaseCorrupt {
+            base,
+            detail: e.to_string(),
+        })?;
+        data.write_all_at(v.bytes(), v.target_offset())
+            .with_context(|| format!("writing {}", data_path.display()))?;
+        pending.push((r.target_offset, u64::from(r.run.len)));
+        pending_bytes += u64::from(r.run.len);
+        ctx.reused
+            .fetch_add(u64::from(r.run.len), Ordering::Relaxed);
+        ctx.progress.add(0, u64::from(r.run.len));
+        if pending_bytes >= 64 << 20 {
+            data.sync_data().context("syncing")?;
+            journal.record(&pending)?;
+            pending.clear();
+            pending_bytes = 0;
+        }
+    }
+    data.sync_data().context("syncing")?;
+    journal.record(&pending)?;
+    Ok(())
+}
+
+/// Runs blocking file work (copying, hashing gigabytes) without stalling the
+/// async runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// What using one unit gave: runs written (verified), runs that failed.
+#[derive(Debug, Default)]
+struct Outcome {
+    written: Vec<(u64, u64)>,
+    failed: Vec<usize>,
+}
+
+/// Verifies `bytes` as origin run `i` and writes them into `data`.
+fn put_run(
+    ctx: &Ctx<'_>,
+    data: &File,
+    origin: &[PlacedRun],
+    i: usize,
+    bytes: &[u8],
+    from: &str,
+    out: &mut Outcome,
+) -> Result<(), JobError> {
+    let Some(r) = origin.get(i) else {
+        return Ok(());
+    };
+    match r.verify(bytes) {
+        Ok(v) => {
+            data.write_all_at(v.bytes(), v.target_offset())
+                .with_context(|| {
+                    format!(
+                        "writing bytes at {} of the content being built",
+                        r.target_offset
+                    )
+                })?;
+            ctx.progress.add(0, u64::from(r.run.len));
+            out.written.push((r.target_offset, u64::from(r.run.len)));
+        }
+        Err(e) => {
+            tracing::warn!("{from}: {e}");
+            out.failed.push(i);
+        }
+    }
+    Ok(())
+}
+
+/// Fetches units `(id, offset, len)` of the DP file `rel` in requests the
+/// governor allows (the pieces of a unit may come in different answers),
+/// hands each complete unit to `use_unit`, and after each answer syncs the
+/// data and journals the runs written. Returns the runs that failed.
+async fn fetch_units(
+    ctx: &Ctx<'_>,
+    rel: &str,
+    file_len: u64,
+    units: &[(usize, u64, u64)],
+    data: &File,
+    journal: &Journal,
+    use_unit: impl Fn(usize, &[u8]) -> Result<Outcome, JobError>,
+) -> Result<Vec<usize>, JobError> {
+    if units.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ranges: Vec<(u64, u64)> = units.iter().map(|u| (u.1, u.2)).collect();
+    let requests = fetchplan::plan_split(&ranges, ctx.client.limits(ctx.opts.limits));
+    let asm = Mutex::new(fetchplan::Assembler::new(units.iter().copied()));
+    let results: Vec<Result<Vec<usize>, JobError>> = stream::iter(requests)
+        .map(|req| {
+            let (asm, use_unit) = (&asm, &use_unit);
+            async move {
+                let got = ctx.client.get_ranges(rel, &req.ranges, file_len).await?;
+                let complete: Vec<(usize, Vec<u8>)> = {
+                    let mut a = asm.lock().unwrap_or_else(|e| e.into_inner());
+                    req.ranges
+                        .iter()
+                        .zip(&got)
+                        .flat_map(|((start, _), bytes)| a.add(*start, bytes))
+                        .collect()
+                };
+                let mut all = Outcome::default();
+                for (id, bytes) in &complete {
+                    let o = use_unit(*id, bytes)?;
+                    all.written.extend(o.written);
+                    all.failed.extend(o.failed);
+                }
+                if !all.written.is_empty() {
+                    data.sync_data().context("syncing")?;
+                    journal.record(&all.written)?;
+                }
+                Ok(all.failed)
+            }
+        })
+        .buffer_unordered(ctx.opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut failed = Vec::new();
+    for r in results {
+        failed.extend(r?);
+    }
+    Ok(failed)
+}
+
+/// Fetches origin runs by Range from the content itself; the runs that fail
+/// verification are fetched once more before the DP is blamed.
+async fn fetch_raw_runs(
+    ctx: &Ctx<'_>,
+    f: &FileEntry,
+    origin: &[PlacedRun],
+    which: &[usize],
+    journal: &Journal,
+    data: &File,
+) -> Result<(), JobError> {
+    let content_rel = layout::content(&f.hash);
+    let mut which: Vec<usize> = which.to_vec();
+    for attempt in 0..2 {
+        let units: Vec<(usize, u64, u64)> = which
+            .iter()
+            .filter_map(|&i| {
+                origin
+                    .get(i)
+                    .map(|r| (i, r.target_offset, u64::from(r.run.len)))
+            })
+            .collect();
+        let failed = fetch_units(
+            ctx,
+            &content_rel,
+            f.size,
+            &units,
+            data,
+            journal,
+            |i, bytes| {
+                let mut o = Outcome::default();
+                put_run(ctx, data, origin, i, bytes, &content_rel, &mut o)?;
+                Ok(o)
+            },
+        )
+        .await?;
+        if failed.is_empty() {
+            return Ok(());
+        }
+        ctx.failures
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        if attempt == 1 {
+            let r = &origin[failed[0]];
+            return Err(JobError::Dp(format!(
+                "{content_rel}: bytes {}..{} failed verification twice ({} runs)",
+                r.target_offset,
+                r.target_range().end,
+                failed.len()
+            )));
+        }
+        which = failed;
+    }
+    Ok(())
+}
+
+/// Client-side recursive RDC from a cached seed: the content's signature
+/// levels are fetched top down, only the parts that differ from the seed's,
+/// then the file's differing ranges. Checked against the content's BLAKE3.
+async fn rdc(ctx: &Ctx<'_>, f: &FileEntry, seed: ContentHash) -> Result<VerifiedContent, JobError> {
+    let sig_rel = layout::sigs(&f.hash);
+    let head_len = sigstore::HEADER_FETCH.min(f.sig.len);
+    let head = ctx
+        .client
+        .get_ranges(&sig_rel, &[(0, head_len)], f.sig.len)
+        .await?;
+    let (header, start) =
+        sigstore::decode_header(&head[0]).map_err(|e| JobError::Dp(format!("{sig_rel}: {e}")))?;
+    if header.content_len != f.size {
+        return Err(JobError::Dp(format!("{sig_rel} describes another content")));
+    }
+    let seed_path = ctx.cache.content_path(&seed);
+    let params = header.params;
+    let seed_levels = {
+        let p = seed_path.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<SeedLevels> {
+            let src = crate::fsutil::FileSource::open(&p)?;
+            let mut b = SignatureBuilder::new(params, MAX_LEVELS);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = 0u64;
+            use peerdelta_protocol::rdc::ReadAt;
+            while pos < src.len() {
+                let n = (src.len() - pos).min(buf.len() as u64) as usize;
+                src.read_exact_at(&mut buf[..n], pos)?;
+                b.push(&buf[..n], &mut |_, _| {});
+                pos += n as u64;
+            }
+            Ok(SeedLevels::from_files(b.finish(&mut |_, _| {}))?)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("signing the seed: {e}"))??
+    };
+    let depth = header.depth();
+    let level_range = |level: usize| {
+        header
+            .level_range(start, level)
+            .ok_or_else(|| JobError::Dp(format!("{sig_rel}: no level {level}")))
+    };
+    let top_r = level_range(depth)?;
+    let top = ctx
+        .client
+        .get_ranges(
+            &sig_rel,
+            &[(top_r.start, top_r.end - top_r.start)],
+            f.sig.len,
+        )
+        .await?;
+    let mut plan = RecursivePlan::new(params, depth, &top[0], &seed_levels)
+        .map_err(|e| JobError::Dp(format!("{e}")))?;
+    while plan.level() > 1 {
+        let below = plan.level() - 1;
+        let r = level_range(below)?;
+        let seed_file = seed_levels.file(below).unwrap_or_default();
+        let mut rebuilt = Vec::with_capacity((r.end - r.start) as usize);
+        let wanted: Vec<(u64, u64)> = plan
+            .needs()
+            .iter()
+            .filter_map(|n| match *n {
+                Need::Source { offset, len } => Some((r.start + offset, len)),
+                Need::Seed { .. } => None,
+            })
+            .collect();
+        // Each needed range is a unit, whatever requests carry its pieces.
+        let units: Vec<(usize, u64, u64)> = wanted
+            .iter()
+            .enumerate()
+            .map(|(k, &(o, l))| (k, o, l))
+            .collect();
+        let mut asm = fetchplan::Assembler::new(units);
+        let mut fetched: HashMap<usize, Vec<u8>> = HashMap::new();
+        for req in fetchplan::plan_split(&wanted, ctx.client.limits(ctx.opts.limits)) {
+            let got = ctx
+                .client
+                .get_ranges(&sig_rel, &req.ranges, f.sig.len)
+                .await?;
+            for ((o, _), b) in req.ranges.iter().zip(got) {
+                fetched.extend(asm.add(*o, &b));
+            }
+        }
+        let mut next_source = 0usize;
+        for n in plan.needs() {
+            match *n {
+                Need::Seed { offset, len } => {
+                    let s = seed_file
+                        .get(offset as usize..(offset + len) as usize)
+                        .ok_or_else(|| JobError::Dp("seed range".into()))?;
+                    rebuilt.extend_from_slice(s);
+                }
+                Need::Source { .. } => {
+                    let b = fetched
+                        .remove(&next_source)
+                        .ok_or_else(|| JobError::Dp(format!("{sig_rel}: a range never arrived")))?;
+                    rebuilt.extend_from_slice(&b);
+                    next_source += 1;
+                }
+            }
+        }
+        plan.descend(&rebuilt, &seed_levels)
+            .map_err(|e| JobError::Dp(format!("{sig_rel}: {e}")))?;
+    }
+    // Level 1: the file.
+    let dir = ctx.cache.partial_dir(&f.hash);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data_path = dir.join("rdc-data");
+    let data =
+        File::create(&data_path).with_context(|| format!("creating {}", data_path.display()))?;
+    data.set_len(f.size).context("sizing")?;
+    let seed_file =
+        File::open(&seed_path).with_context(|| format!("opening {}", seed_path.display()))?;
+    let mut at = 0u64;
+    let mut source: Vec<(u64, u64, u64)> = Vec::new(); // (target offset, source offset, len)
+    let mut buf = Vec::new();
+    for n in plan.needs() {
+        match *n {
+            Need::Seed { offset, len } => {
+                let mut done = 0;
+                while done < len {
+                    let k = (len - done).min(1 << 20);
+                    buf.resize(k as usize, 0);
+                    seed_file
+                        .read_exact_at(&mut buf, offset + done)
+                        .context("reading the seed")?;
+                    data.write_all_at(&buf, at + done).context("writing")?;
+                    done += k;
+                }
+                ctx.reused.fetch_add(len, Ordering::Relaxed);
+            }
+            Need::Source { offset, len } => source.push((at, offset, len)),
+        }
+        at += n.len();
+    }
+    let content_rel = layout::content(&f.hash);
+    let ranges: Vec<(u64, u64)> = source.iter().map(|&(_, o, l)| (o, l)).collect();
+    for req in fetchplan::plan_split(&ranges, ctx.client.limits(ctx.opts.limits)) {
+        let got = ctx
+            .client
+            .get_ranges(&content_rel, &req.ranges, f.size)
+            .await?;
+        for ((o, _), b) in req.ranges.iter().zip(got) {
+            // Target offset == source offset: the needs list rebuilds the source.
+            data.write_all_at(&b, *o).context("writing")?;
+        }
+    }
+    data.sync_all().context("syncing")?;
+    drop(data);
+    ctx.progress.add(0, f.size);
+    verify_file(&data_path, &f.hash)
+        .map_err(|e| JobError::Dp(format!("client-side RDC result: {e:#}")))
+}
+
+/// Puts the version's tree in `out` (replacing what was there), with copies
+/// of the cached contents or, with `link`, hard links to them (then editing a
+/// file in `out` would damage the cache, which `cache verify` detects).
+pub fn materialize(cache: &Cache, m: &Manifest, out: &Path, link: bool) -> anyhow::Result<()> {
+    let parent = crate::fsutil::parent_dir(out);
+    let name = out
+        .file_name()
+        .context("--out needs a directory name")?
+        .to_string_lossy()
+        .into_owned();
+    let staging = parent.join(format!(".{name}.peerdelta-new"));
+    let old = parent.join(format!(".{name}.peerdelta-old"));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let mut dirs = Vec::new();
+    for e in &m.entries {
+        let dest = staging.join(e.path.as_str());
+        match &e.kind {
+            EntryKind::Dir => {
+                fs::create_dir_all(&dest)
+                    .with_context(|| format!("creating {}", dest.display()))?;
+                dirs.push((dest, e.mode));
+            }
+            EntryKind::File(f) => {
+                let src = cache.content_path(&f.hash);
+                let src_mode = fs::metadata(&src)
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(0);
+                // A hard link shares the cache file's mode: link only when it is right.
+                let linked = link && src_mode == e.mode && fs::hard_link(&src, &dest).is_ok();
+                if !linked {
+                    fs::copy(&src, &dest).with_context(|| format!("writing {}", dest.display()))?;
+                    fs::set_permissions(&dest, fs::Permissions::from_mode(e.mode))
+                        .with_context(|| format!("setting the mode of {}", dest.display()))?;
+                }
+            }
+        }
+    }
+    // Directory modes last, deepest first, so read-only ones do not block writes.
+    for (d, mode) in dirs.iter().rev() {
+        fs::set_permissions(d, fs::Permissions::from_mode(*mode))
+            .with_context(|| format!("setting the mode of {}", d.display()))?;
+    }
+    let _ = fs::remove_dir_all(&old);
+    if out.exists() {
+        fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
+    }
+    fs::rename(&staging, out).with_context(|| format!("moving {} into place", out.display()))?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage() {
+        let done = [(0, 10), (10, 5), (20, 10)];
+        assert!(covered(&done, 0..15));
+        assert!(covered(&done, 3..12));
+        assert!(!covered(&done, 14..21));
+        assert!(covered(&done, 20..30));
+        assert!(!covered(&done, 25..31));
+        assert!(!covered(&[], 0..1));
+    }
+}
