@@ -53,6 +53,16 @@ pub fn manifest(package: &PackageName, version: u64) -> String {
     format!("packages/{package}/{version}/manifest")
 }
 
+/// A version's manifest compressed alone.
+pub fn manifest_zst(package: &PackageName, version: u64) -> String {
+    format!("packages/{package}/{version}/manifest.zst")
+}
+
+/// A version's manifest compressed against the manifest of version `from`.
+pub fn manifest_delta(package: &PackageName, version: u64, from: u64) -> String {
+    format!("packages/{package}/{version}/manifest.from-{from}")
+}
+
 /// What a library path holds, for accounting (metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

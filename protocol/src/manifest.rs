@@ -342,6 +342,74 @@ pub struct IndexEntry {
     pub files: u64,
     /// Bytes of those files.
     pub bytes: u64,
+    /// Size of the manifest compressed alone (`layout::manifest_zst`), if kept.
+    pub manifest_zst_len: Option<u64>,
+    /// The manifest compressed against earlier versions' manifests
+    /// (`layout::manifest_delta`): a receiver holding one fetches a few
+    /// kilobytes instead of a manifest of one entry per file.
+    pub manifest_deltas: Vec<ManifestDelta>,
+}
+
+/// The manifest of a version compressed against the manifest of `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDelta {
+    /// The earlier version whose signed manifest is the reference.
+    pub from: u64,
+    /// Size of the delta file.
+    pub len: u64,
+}
+
+/// How a receiver gets a version's signed manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFetch {
+    /// It holds it already (same hash): nothing to fetch.
+    Held,
+    /// Against the manifest of `from`, which it holds.
+    Delta(ManifestDelta),
+    /// Compressed alone.
+    Compressed(u64),
+    /// As is.
+    Plain(u64),
+}
+
+impl ManifestFetch {
+    /// Bytes it downloads.
+    pub fn len(&self) -> u64 {
+        match self {
+            ManifestFetch::Held => 0,
+            ManifestFetch::Delta(d) => d.len,
+            ManifestFetch::Compressed(n) | ManifestFetch::Plain(n) => *n,
+        }
+    }
+
+    /// Whether it downloads nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl IndexEntry {
+    /// The cheapest way to get this manifest for a receiver holding the
+    /// manifests of the versions for which `held` is true.
+    pub fn manifest_fetch(&self, held: impl Fn(u64) -> bool) -> ManifestFetch {
+        if held(self.version) {
+            return ManifestFetch::Held;
+        }
+        let delta = self
+            .manifest_deltas
+            .iter()
+            .filter(|d| held(d.from))
+            .min_by_key(|d| d.len)
+            .copied();
+        let whole = match self.manifest_zst_len {
+            Some(z) if z < self.manifest_len => ManifestFetch::Compressed(z),
+            _ => ManifestFetch::Plain(self.manifest_len),
+        };
+        match delta {
+            Some(d) if d.len < whole.len() => ManifestFetch::Delta(d),
+            _ => whole,
+        }
+    }
 }
 
 impl PackageIndex {
@@ -445,7 +513,36 @@ pub fn open_manifest(bytes: &[u8], key: &VerifyingKey) -> Result<Manifest, Manif
 
 /// Verifies and decodes a signed package index.
 pub fn open_index(bytes: &[u8], key: &VerifyingKey) -> Result<PackageIndex, ManifestError> {
-    open(INDEX_MAGIC, bytes, key)
+    let index: PackageIndex = open(INDEX_MAGIC, bytes, key)?;
+    index.validate()?;
+    Ok(index)
+}
+
+impl PackageIndex {
+    /// Checks that versions ascend and that manifest deltas start from
+    /// earlier versions and are no larger than a signed document.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let bad = |m: String| Err(ManifestError::Invalid(m));
+        for w in self.versions.windows(2) {
+            if w[0].version >= w[1].version {
+                return bad(format!("index versions out of order at {}", w[1].version));
+            }
+        }
+        for e in &self.versions {
+            if e.manifest_len > MAX_SIGNED_LEN as u64 {
+                return bad(format!("v{}: manifest larger than the limit", e.version));
+            }
+            let over = |n: u64| n > MAX_SIGNED_LEN as u64;
+            if e.manifest_zst_len.is_some_and(over)
+                || e.manifest_deltas
+                    .iter()
+                    .any(|d| d.from >= e.version || over(d.len))
+            {
+                return bad(format!("v{}: bad manifest delta", e.version));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses a public key file: 64 hex digits, optionally with a comment line.

@@ -95,7 +95,34 @@ pub struct Frame {
     pub len: u32,
     /// Decompressed length (the runs' total).
     pub raw_len: u32,
+    /// Bytes of the base the frame was compressed against (a zstd prefix):
+    /// the receiver, who holds the base, reads the same span to decompress.
+    /// Like `zstd --patch-from`, but per frame, with a bounded window.
+    pub reference: Option<Span>,
 }
+
+/// A span of the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Offset in the base.
+    pub offset: u64,
+    /// Length, at most [`MAX_REFERENCE`].
+    pub len: u32,
+}
+
+impl Span {
+    /// The byte range.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.len)
+    }
+}
+
+/// Largest reference span of a frame (bounds a receiver's memory).
+pub const MAX_REFERENCE: u32 = 16 << 20;
+/// Raw bytes a frame holds at least (whole runs; the last frame may hold less).
+pub const FRAME_TARGET: u64 = 2 << 20;
+/// Base bytes before and after the aligned position a reference spans.
+pub const REFERENCE_RADIUS: u64 = 4 << 20;
 
 impl Frame {
     /// Byte range in the pack.
@@ -264,6 +291,15 @@ impl NeedsFile {
                 if f.offset != next_offset || f.offset + u64::from(f.len) > pack.len {
                     return bad("outside the pack");
                 }
+                if let Some(r) = f.reference
+                    && (r.len == 0
+                        || r.len > MAX_REFERENCE
+                        || r.offset
+                            .checked_add(u64::from(r.len))
+                            .is_none_or(|e| e > self.base_len))
+                {
+                    return bad("reference outside the base");
+                }
                 next_run = end;
                 next_offset = f.offset + u64::from(f.len);
             }
@@ -274,6 +310,72 @@ impl NeedsFile {
             }
         }
         Ok(())
+    }
+
+    /// Groups the origin runs into frames of whole runs of about
+    /// [`FRAME_TARGET`] raw bytes: ranges of origin-run ordinals.
+    pub fn frame_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let (mut start, mut raw, mut n) = (0usize, 0u64, 0usize);
+        for r in self.runs.iter().filter(|r| r.source == RunSource::Origin) {
+            raw += u64::from(r.len);
+            n += 1;
+            if raw >= FRAME_TARGET {
+                out.push(start..n);
+                start = n;
+                raw = 0;
+            }
+        }
+        if start < n {
+            out.push(start..n);
+        }
+        out
+    }
+
+    /// The span of the base a frame of origin runs `group` is compressed
+    /// against: [`REFERENCE_RADIUS`] around where its bytes sit in the base,
+    /// aligned by the nearest seed run before it (or after, or the same
+    /// offset). `None` for a pieces file (no base).
+    pub fn reference_for(&self, group: std::ops::Range<usize>) -> Option<Span> {
+        if self.base_len == 0 || group.is_empty() {
+            return None;
+        }
+        // Target offsets of the frame and the shift of the closest seed run.
+        let (mut at, mut k) = (0u64, 0usize);
+        let (mut start, mut end) = (None, 0u64);
+        let mut shift_before: Option<i128> = None;
+        let mut shift_after: Option<i128> = None;
+        for r in &self.runs {
+            let len = u64::from(r.len);
+            match r.source {
+                RunSource::Origin => {
+                    if k == group.start {
+                        start = Some(at);
+                    }
+                    if k + 1 == group.end {
+                        end = at + len;
+                    }
+                    k += 1;
+                }
+                RunSource::Seed { offset } => {
+                    let shift = i128::from(offset) - i128::from(at);
+                    if start.is_none() {
+                        shift_before = Some(shift);
+                    } else if shift_after.is_none() {
+                        shift_after = Some(shift);
+                    }
+                }
+            }
+            at += len;
+        }
+        let start = start?;
+        let shift = shift_before.or(shift_after).unwrap_or(0);
+        let raw = end.saturating_sub(start);
+        let aligned = (i128::from(start) + shift).clamp(0, i128::from(self.base_len)) as u64;
+        let lo = aligned.saturating_sub(REFERENCE_RADIUS);
+        let hi = (aligned + raw + REFERENCE_RADIUS).min(self.base_len);
+        let len = (hi - lo).min(u64::from(MAX_REFERENCE)) as u32;
+        (len > 0).then_some(Span { offset: lo, len })
     }
 
     fn validate_runs(&self) -> Result<(), NeedsFileError> {
@@ -467,6 +569,7 @@ mod tests {
             offset,
             len,
             raw_len,
+            reference: None,
         };
         nf.pack = Some(Pack {
             len: 10,
@@ -488,5 +591,91 @@ mod tests {
             nf.pack = Some(Pack { len: 10, frames });
             assert!(decode(&nf.encode()).is_err(), "{:?}", nf.pack);
         }
+        // References must lie inside the base.
+        let base_len = nf.base_len;
+        for (span, ok) in [
+            (
+                Span {
+                    offset: 0,
+                    len: base_len as u32,
+                },
+                true,
+            ),
+            (
+                Span {
+                    offset: 1,
+                    len: base_len as u32,
+                },
+                false,
+            ),
+            (Span { offset: 0, len: 0 }, false),
+            (
+                Span {
+                    offset: u64::MAX,
+                    len: 1,
+                },
+                false,
+            ),
+        ] {
+            let mut f = frame(0, 2, 0, 10, 7);
+            f.reference = Some(span);
+            nf.pack = Some(Pack {
+                len: 10,
+                frames: vec![f],
+            });
+            assert_eq!(decode(&nf.encode()).is_ok(), ok, "{span:?}");
+        }
+    }
+
+    #[test]
+    fn frames_and_their_references() {
+        let h = ContentHash::of(b"x");
+        let run = |source, len: u64| Run {
+            source,
+            len: len as u32,
+            hash: h,
+        };
+        let mib = 1u64 << 20;
+        // 40 MiB base; target: 1 MiB seed (shifted +3 MiB), 5 MiB origin,
+        // 1 MiB seed, 1 MiB origin.
+        let runs = vec![
+            run(RunSource::Seed { offset: 3 * mib }, mib),
+            run(RunSource::Origin, mib),
+            run(RunSource::Origin, mib),
+            run(RunSource::Origin, mib),
+            run(RunSource::Origin, mib),
+            run(RunSource::Origin, mib),
+            run(RunSource::Seed { offset: 20 * mib }, mib),
+            run(RunSource::Origin, mib),
+        ];
+        let nf = NeedsFile {
+            base: h,
+            base_len: 40 * mib,
+            target: h,
+            target_len: 8 * mib,
+            runs,
+            pack: None,
+        };
+        let groups = nf.frame_groups();
+        assert_eq!(groups, vec![0..2, 2..4, 4..6]);
+        // Frame 0 starts at target 1 MiB, shift +3 MiB: aligned 4 MiB.
+        assert_eq!(
+            nf.reference_for(groups[0].clone()),
+            Some(Span {
+                offset: 0,
+                len: (4 + 2 + 4) as u32 * mib as u32
+            })
+        );
+        // The last frame holds origin runs 4 (target 5 MiB) and 5 (target 7 MiB).
+        let last = nf.reference_for(groups[2].clone()).unwrap();
+        assert_eq!(last.offset, 8 * mib - 4 * mib);
+        assert!(last.range().end <= nf.base_len);
+        // A pieces file has no base: no reference.
+        let pieces = NeedsFile {
+            base: ContentHash::EMPTY,
+            base_len: 0,
+            ..nf.clone()
+        };
+        assert_eq!(pieces.reference_for(0..1), None);
     }
 }

@@ -5,7 +5,7 @@ use peerdelta_protocol::getplan;
 use std::collections::HashSet;
 
 use ed25519_dalek::VerifyingKey;
-use peerdelta_protocol::manifest::{Manifest, PackageName};
+use peerdelta_protocol::manifest::{IndexEntry, Manifest, PackageName};
 use peerdelta_protocol::publish::WINDOW;
 use serde::Serialize;
 
@@ -51,10 +51,11 @@ pub struct PackageRow {
     pub versions: Vec<VersionRow>,
 }
 
-/// Bytes a receiver holding `old` downloads to get `new`.
-pub fn delta_cost(new: &Manifest, manifest_bytes: u64, old: &Manifest) -> u64 {
+/// Bytes a receiver holding `old` downloads to get `new` (index excluded).
+pub fn delta_cost(new: &Manifest, entry: &IndexEntry, old: &Manifest) -> u64 {
     let held: HashSet<_> = old.files().map(|(_, f)| f.hash).collect();
-    manifest_bytes + getplan::download_bytes(new, |h| held.contains(h))
+    entry.manifest_fetch(|v| v == old.version).len()
+        + getplan::download_bytes(new, |h| held.contains(h))
 }
 
 /// Lists one package.
@@ -76,7 +77,7 @@ pub fn list_package(
             .take(WINDOW)
             .map(|(old, _)| DeltaCost {
                 from: old.version,
-                bytes: delta_cost(&m, raw.len() as u64, old),
+                bytes: delta_cost(&m, e, old),
             })
             .collect();
         rows.push(VersionRow {

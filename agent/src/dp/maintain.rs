@@ -131,6 +131,30 @@ pub fn verify(
             if ContentHash::of(&raw) != e.manifest_hash {
                 report("manifest does not match the index".into());
             }
+            // The compressed forms must give the manifest back.
+            let mut forms: Vec<(String, Option<Vec<u8>>, u64)> = Vec::new();
+            if let Some(len) = e.manifest_zst_len {
+                forms.push((layout::manifest_zst(&p, e.version), None, len));
+            }
+            for d in &e.manifest_deltas {
+                let reference = std::fs::read(lib.path(&layout::manifest(&p, d.from))).ok();
+                forms.push((
+                    layout::manifest_delta(&p, e.version, d.from),
+                    reference,
+                    d.len,
+                ));
+            }
+            for (rel, reference, len) in forms {
+                let ok = std::fs::read(lib.path(&rel))
+                    .ok()
+                    .filter(|z| z.len() as u64 == len)
+                    .and_then(|z| {
+                        crate::pack::decompress(&z, reference.as_deref(), raw.len()).ok()
+                    });
+                if ok.as_deref() != Some(&raw[..]) {
+                    report(format!("{rel} does not give the manifest back"));
+                }
+            }
             for entry in &m.entries {
                 let EntryKind::File(f) = &entry.kind else {
                     continue;

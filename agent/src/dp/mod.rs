@@ -80,9 +80,9 @@ pub struct PublishArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
-    /// zstd level of the compressed origin runs (packs) of needs lists;
-    /// 0 disables packs.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+    /// zstd level of the compressed origin runs (packs) of needs lists,
+    /// compressed against the base; 0 disables packs.
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(i32).range(0..=22))]
     pack_level: i32,
 }
 

@@ -30,8 +30,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use ed25519_dalek::VerifyingKey;
 use peerdelta_protocol::manifest::{
-    self, Entry, EntryKind, FileEntry, INDEX_MAGIC, IndexEntry, MANIFEST_MAGIC, Manifest, NeedsRef,
-    PackageIndex, PackageName, PiecesRef, RelPath, SigRef,
+    self, Entry, EntryKind, FileEntry, INDEX_MAGIC, IndexEntry, MANIFEST_MAGIC, Manifest,
+    ManifestDelta, NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath, SigRef,
 };
 use peerdelta_protocol::needs::{compare, summarize};
 use peerdelta_protocol::needsfile::{NeedsFile, Pack};
@@ -308,16 +308,21 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         .context("the new manifest is inconsistent")?;
     let sealed = manifest::seal(MANIFEST_MAGIC, &manifest, &key);
     crate::fault::point("publish:before-version-dir");
-    write_version(lib, &opts.package, version, &sealed)?;
+    let previous: Vec<u64> = index
+        .as_ref()
+        .map(|i| {
+            i.versions
+                .iter()
+                .rev()
+                .take(WINDOW)
+                .map(|e| e.version)
+                .collect()
+        })
+        .unwrap_or_default();
+    let extras = manifest_extras(lib, &opts.package, &sealed, &previous)?;
+    write_version(lib, &opts.package, version, &sealed, &extras)?;
     crate::fault::point("publish:after-version-dir");
-    let entry = IndexEntry {
-        version,
-        manifest_hash: ContentHash::of(&sealed),
-        manifest_len: sealed.len() as u64,
-        published_ms: manifest.published_ms,
-        files: files.len() as u64,
-        bytes: total,
-    };
+    let entry = index_entry(lib, &manifest, &sealed)?;
     let index = match index.as_mut() {
         Some(i) => {
             i.versions.push(entry);
@@ -400,14 +405,7 @@ fn recover(
             );
         }
         let (m, bytes) = lib.manifest(package, v, key)?;
-        let entry = IndexEntry {
-            version: v,
-            manifest_hash: ContentHash::of(&bytes),
-            manifest_len: bytes.len() as u64,
-            published_ms: m.published_ms,
-            files: m.files().count() as u64,
-            bytes: m.total_bytes(),
-        };
+        let entry = index_entry(lib, &m, &bytes)?;
         match index.as_mut() {
             Some(i) => i.versions.push(entry),
             None => {
@@ -674,7 +672,7 @@ where
     }];
     let mut nf =
         needsfile::build(ContentHash::EMPTY, 0, *hash, &all, content).context("hashing pieces")?;
-    nf.pack = write_pack(lib, &nf, content, level, threads)?;
+    nf.pack = write_pack(lib, &nf, content, None, level, threads)?;
     let bytes = nf.encode();
     lib.write_new(&layout::needs(&ContentHash::EMPTY, hash), &bytes)?;
     Ok(Some(PiecesRef {
@@ -689,6 +687,7 @@ fn write_pack<R>(
     lib: &Library,
     nf: &NeedsFile,
     content: &R,
+    base: Option<&FileSource>,
     level: i32,
     threads: usize,
 ) -> anyhow::Result<Option<Pack>>
@@ -699,7 +698,7 @@ where
         return Ok(None);
     }
     let tmp = lib.tmp_path("pack");
-    let pack = crate::pack::build(nf, content, &tmp, level, threads)?;
+    let pack = crate::pack::build(nf, content, base, &tmp, level, threads)?;
     if pack.is_some() {
         lib.install(&tmp, &layout::pack(&nf.base, &nf.target))?;
     }
@@ -787,7 +786,8 @@ fn needs_list(
     let content = FileSource::open(&lib.path(&layout::content(&target)))?;
     let mut nf = needsfile::build(base, base_len, target, &needs, &content)
         .with_context(|| format!("reading {}", lib.path(&layout::content(&target)).display()))?;
-    nf.pack = write_pack(lib, &nf, &content, pack_level, threads)?;
+    let base_content = FileSource::open(&lib.path(&layout::content(&base)))?;
+    nf.pack = write_pack(lib, &nf, &content, Some(&base_content), pack_level, threads)?;
     let bytes = nf.encode();
     lib.write_new(&rel, &bytes)?;
     Ok(NeedsOutcome::Written(NeedsInfo {
@@ -827,15 +827,82 @@ fn previous_manifests(
 }
 
 /// Renames a complete version directory into place.
+/// zstd level of manifests (alone and against earlier ones): a manifest is
+/// fetched by every receiver, and small.
+const MANIFEST_LEVEL: i32 = 15;
+
+/// The manifest compressed alone (`manifest.zst`) and against the signed
+/// manifests of the `previous` versions (`manifest.from-<v>`): file name and
+/// bytes of each.
+fn manifest_extras(
+    lib: &Library,
+    package: &PackageName,
+    sealed: &[u8],
+    previous: &[u64],
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = vec![(
+        "manifest.zst".to_owned(),
+        crate::pack::compress(sealed, None, MANIFEST_LEVEL)?,
+    )];
+    for &v in previous {
+        let path = lib.path(&layout::manifest(package, v));
+        let old = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let delta = crate::pack::compress(sealed, Some(&old), MANIFEST_LEVEL)?;
+        out.push((format!("manifest.from-{v}"), delta));
+    }
+    Ok(out)
+}
+
+/// The index entry of a version whose directory is in place: the manifest's
+/// hash and size, and the compressed forms found beside it.
+fn index_entry(lib: &Library, m: &Manifest, sealed: &[u8]) -> anyhow::Result<IndexEntry> {
+    let size = |rel: &str| {
+        fs::metadata(lib.path(rel))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    };
+    let dir = lib.path(&format!("packages/{}/{}", m.package, m.version));
+    let mut manifest_deltas = Vec::new();
+    for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let name = e?.file_name();
+        let Some(from) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("manifest.from-"))
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if let Some(len) = size(&layout::manifest_delta(&m.package, m.version, from)) {
+            manifest_deltas.push(ManifestDelta { from, len });
+        }
+    }
+    manifest_deltas.sort_by_key(|d| d.from);
+    Ok(IndexEntry {
+        version: m.version,
+        manifest_hash: ContentHash::of(sealed),
+        manifest_len: sealed.len() as u64,
+        published_ms: m.published_ms,
+        files: m.files().count() as u64,
+        bytes: m.total_bytes(),
+        manifest_zst_len: size(&layout::manifest_zst(&m.package, m.version)),
+        manifest_deltas,
+    })
+}
+
 fn write_version(
     lib: &Library,
     package: &PackageName,
     version: u64,
     sealed: &[u8],
+    extras: &[(String, Vec<u8>)],
 ) -> anyhow::Result<()> {
     let tmp = lib.tmp_path("version");
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     write_synced(&tmp.join("manifest"), sealed)?;
+    for (name, bytes) in extras {
+        write_synced(&tmp.join(name), bytes)?;
+    }
     sync_dir(&tmp)?;
     let parent = lib.path(&format!("packages/{package}"));
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;

@@ -260,7 +260,13 @@ async fn static_file(State(s): State<Arc<AppState>>, req: Request) -> Response {
     let etag = etag(&rel, kind, &meta);
     let cache = match kind {
         Kind::Content | Kind::Signatures | Kind::Needs => "public, max-age=31536000, immutable",
-        _ if rel.ends_with("/manifest") => "public, max-age=31536000, immutable",
+        _ if rel
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with("manifest")) =>
+        {
+            "public, max-age=31536000, immutable"
+        }
         _ => "no-cache",
     };
     if if_none_match(req.headers(), &etag) {
