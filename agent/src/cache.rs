@@ -316,6 +316,22 @@ impl Cache {
         Ok((m, bytes))
     }
 
+    /// The recorded versions of `package`.
+    pub fn versions_of(&self, package: &PackageName) -> std::collections::BTreeSet<u64> {
+        self.versions()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(p, _)| p == package)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// A recorded version's signed manifest as stored (not verified: callers
+    /// check it against a signed hash).
+    pub fn manifest_raw(&self, package: &PackageName, version: u64) -> Option<Vec<u8>> {
+        fs::read(self.version_dir(package, version).join("manifest")).ok()
+    }
+
     /// Every recorded version with its manifest (unreadable ones skipped).
     pub fn manifests(&self, key: &VerifyingKey) -> anyhow::Result<Vec<Manifest>> {
         let mut out = Vec::new();

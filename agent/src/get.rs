@@ -35,7 +35,9 @@ use ed25519_dalek::VerifyingKey;
 use futures_util::{StreamExt, stream};
 use peerdelta_protocol::fetchplan::{self, RequestLimits};
 use peerdelta_protocol::getplan::{self, Source};
-use peerdelta_protocol::manifest::{self, EntryKind, FileEntry, Manifest, PackageName};
+use peerdelta_protocol::manifest::{
+    self, EntryKind, FileEntry, Manifest, ManifestFetch, PackageName,
+};
 use peerdelta_protocol::needs::{Need, RecursivePlan, SeedLevels};
 use peerdelta_protocol::needsfile::{self, PlacedRun, RunSource};
 use peerdelta_protocol::rdc::{MAX_LEVELS, SignatureBuilder};
@@ -141,7 +143,8 @@ pub async fn get(
     opts: &GetOptions,
 ) -> anyhow::Result<GetSummary> {
     let started = Instant::now();
-    let (manifest, signed) = fetch_manifest(client, key, &opts.package, opts.version).await?;
+    let (manifest, signed) =
+        fetch_manifest(client, key, &opts.package, opts.version, Some(cache)).await?;
     let _in_use = cache.use_version(&manifest.package, manifest.version)?;
     let older = older_files(cache, key, &manifest);
     let sizes: HashMap<ContentHash, &FileEntry> =
@@ -228,6 +231,7 @@ pub async fn fetch_manifest(
     key: &VerifyingKey,
     package: &PackageName,
     version: Option<u64>,
+    cache: Option<&Cache>,
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let index_bytes = match client.get_bytes(&layout::index(package), 64 << 20).await {
         Ok(b) => b,
@@ -249,17 +253,52 @@ pub async fn fetch_manifest(
             .latest()
             .with_context(|| format!("package {package} has no versions"))?,
     };
-    let bytes = client
-        .get_sized(
-            &layout::manifest(package, entry.version),
-            entry.manifest_len,
-        )
-        .await?;
-    anyhow::ensure!(
-        ContentHash::of(&bytes) == entry.manifest_hash,
-        "the manifest of {package} v{} does not match the index",
-        entry.version
-    );
+    // Held already, or as a delta from a held manifest, or compressed; any
+    // of these that does not give the indexed hash falls back to the plain file.
+    let held = cache.map(|c| c.versions_of(package)).unwrap_or_default();
+    let raw = |v: u64| {
+        cache
+            .and_then(|c| c.manifest_raw(package, v))
+            .unwrap_or_default()
+    };
+    let fetch = entry.manifest_fetch(|v| held.contains(&v));
+    let (v, limit) = (entry.version, entry.manifest_len as usize);
+    let first: anyhow::Result<Vec<u8>> = match fetch {
+        ManifestFetch::Held => Ok(raw(v)),
+        ManifestFetch::Delta(d) => {
+            let z = client
+                .get_sized(&layout::manifest_delta(package, v, d.from), d.len)
+                .await?;
+            crate::pack::decompress(&z, Some(&raw(d.from)), limit)
+        }
+        ManifestFetch::Compressed(len) => {
+            let z = client
+                .get_sized(&layout::manifest_zst(package, v), len)
+                .await?;
+            crate::pack::decompress(&z, None, limit)
+        }
+        ManifestFetch::Plain(_) => Ok(Vec::new()),
+    };
+    let bytes = match first {
+        Ok(b) if ContentHash::of(&b) == entry.manifest_hash => b,
+        other => {
+            if !matches!(fetch, ManifestFetch::Plain(_)) {
+                tracing::warn!(
+                    ?fetch,
+                    "the manifest of {package} v{v} did not come out right ({:?}); fetching it whole",
+                    other.err()
+                );
+            }
+            let b = client
+                .get_sized(&layout::manifest(package, v), entry.manifest_len)
+                .await?;
+            anyhow::ensure!(
+                ContentHash::of(&b) == entry.manifest_hash,
+                "the manifest of {package} v{v} does not match the index"
+            );
+            b
+        }
+    };
     let m = manifest::open_manifest(&bytes, key)
         .with_context(|| format!("the manifest of {package} v{}", entry.version))?;
     anyhow::ensure!(
@@ -589,6 +628,8 @@ async fn rebuild(
     let mut raw_needed: Vec<usize> = Vec::new();
     if let (Some(pack), false) = (&nf.pack, missing.is_empty()) {
         let pack_rel = layout::pack(&nf.base, &nf.target);
+        // Frames compressed against the base read it (a pieces file has none).
+        let base_file = base.and_then(|b| File::open(ctx.cache.content_path(&b)).ok());
         let frames: Vec<(usize, u64, u64)> = pack
             .frames
             .iter()
@@ -615,7 +656,21 @@ async fn rebuild(
                     return Ok(out);
                 };
                 let runs = fr.first as usize..(fr.first + fr.count) as usize;
-                let raw = match crate::pack::unpack_frame(fr, bytes) {
+                let reference = match fr.reference {
+                    Some(span) => {
+                        let mut r = vec![0u8; span.len as usize];
+                        match base_file.as_ref().map(|b| b.read_exact_at(&mut r, span.offset)) {
+                            Some(Ok(())) => Some(r),
+                            _ => {
+                                tracing::warn!("cannot read the base span of a pack frame; fetching its runs raw");
+                                out.failed.extend(runs);
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                let raw = match crate::pack::unpack_frame(fr, bytes, reference.as_deref()) {
                     Ok(raw) => raw,
                     Err(e) => {
                         tracing::warn!("pack frame at {} of {pack_rel}: {e:#}", fr.offset);
@@ -642,6 +697,12 @@ async fn rebuild(
         .await?;
         if !failed.is_empty() {
             ctx.failures.fetch_add(1, Ordering::Relaxed);
+            let detail = format!(
+                "{} runs from {pack_rel} failed verification; fetching them raw",
+                failed.len()
+            );
+            tracing::warn!("{detail}");
+            report_failure(ctx, f.hash, "dp", &detail).await;
         }
         raw_needed.extend(failed);
         // Runs of frames that could not be used at all.

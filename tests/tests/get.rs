@@ -46,7 +46,7 @@ fn json(out: &str) -> serde_json::Value {
 
 /// What the DP must send for `target` to a cache holding the contents of
 /// `held`: index, manifest, then per content the plan's download.
-fn expected_bytes(lib: &Path, target: &Manifest, manifest_len: u64, held: &[Manifest]) -> u64 {
+fn expected_bytes(lib: &Path, target: &Manifest, held: &[Manifest]) -> u64 {
     let have: HashSet<ContentHash> = held
         .iter()
         .flat_map(|m| m.files().map(|(_, f)| f.hash))
@@ -56,9 +56,11 @@ fn expected_bytes(lib: &Path, target: &Manifest, manifest_len: u64, held: &[Mani
         plans.iter().all(|p| !matches!(p.source, Source::Rdc(_))),
         "this series needs no client-side RDC"
     );
-    library_index(lib, "app").1
-        + manifest_len
-        + getplan::download_bytes(target, |h| have.contains(h))
+    let (index, index_len) = library_index(lib, "app");
+    let entry = index.get(target.version).unwrap();
+    // The manifest: a delta from a held one, else compressed.
+    let manifest = entry.manifest_fetch(|v| held.iter().any(|m| m.version == v));
+    index_len + manifest.len() + getplan::download_bytes(target, |h| have.contains(h))
 }
 
 /// Gets every version of the series in turn into one cache, checking the
@@ -70,8 +72,8 @@ fn run_series(s: &Series, url: &str, counts: &dyn Fn() -> (u64, u64)) {
     let mut saw_delta = false;
     for (k, tree) in s.trees.iter().enumerate() {
         let v = (k + 1) as u64;
-        let (m, mlen) = library_manifest(&s.lib, "app", v);
-        let want = expected_bytes(&s.lib, &m, mlen, &held);
+        let (m, _) = library_manifest(&s.lib, "app", v);
+        let want = expected_bytes(&s.lib, &m, &held);
         let out = s.dir.path().join(format!("out-{}-{v}", free_port()));
         let (p0, w0) = counts();
         let summary = json(&run_ok(
@@ -106,14 +108,13 @@ fn run_series(s: &Series, url: &str, counts: &dyn Fn() -> (u64, u64)) {
         held.push(m);
     }
     assert!(saw_delta);
-    // Everything held: only the index and the manifest cross the network.
+    // Everything held: only the index crosses the network.
     let (p0, _) = counts();
     let again = json(&run_ok(
         get_cmd(url, &s.lib, &cache).args(["--version", "6"]),
     ));
     let (p1, _) = counts();
-    let (_, mlen) = library_manifest(&s.lib, "app", 6);
-    assert_eq!(p1 - p0, library_index(&s.lib, "app").1 + mlen);
+    assert_eq!(p1 - p0, library_index(&s.lib, "app").1);
     assert_eq!(
         again["cached_contents"].as_u64(),
         Some(
@@ -243,7 +244,7 @@ fn killed_get_resumes_and_never_refetches_verified_bytes() {
     let single = metric(&server.addr, PAYLOAD) - p0;
     let (m2, mlen) = library_manifest(&lib, "app", 2);
     let (m1, _) = library_manifest(&lib, "app", 1);
-    assert_eq!(single, expected_bytes(&lib, &m2, mlen, &[m1]));
+    assert_eq!(single, expected_bytes(&lib, &m2, &[m1]));
 
     // Slowed down so that it can be interrupted; two requests of 256 KiB in flight.
     let (concurrency, request) = (2u64, 256u64 << 10);
@@ -463,19 +464,58 @@ fn a_dp_sending_a_wrong_byte_is_caught_reported_and_resumed_once_fixed() {
     let (m1, _) = library_manifest(&s.lib, "app", 1);
     let (m2, _) = library_manifest(&s.lib, "app", 2);
     let (base, target) = (content_of(&m1, "big.bin"), content_of(&m2, "big.bin"));
-    // A byte inside the last origin run of the new big.bin, served raw.
+    // The needs list ships its origin runs in a pack (compressed against
+    // the base); the DP also serves them raw.
     let nf =
         needsfile::decode(&fs::read(s.lib.join(layout::needs(&base, &target))).unwrap()).unwrap();
-    assert!(nf.pack.is_none(), "random data is not worth a pack");
-    let run = nf
+    let pack = nf.pack.clone().expect("a pack");
+    let frame = *pack.frames.last().unwrap();
+    let frame_runs: Vec<_> = nf
         .placed()
         .filter(|p| p.run.source == RunSource::Origin)
-        .last()
-        .unwrap();
+        .skip(frame.first as usize)
+        .take(frame.count as usize)
+        .collect();
+    let pack_file = s.lib.join(layout::pack(&base, &target));
     let content = s.lib.join(layout::content(&target));
-    let at = run.target_offset + u64::from(run.run.len) / 2;
-    flip(&content, at);
+    let in_pack = frame.offset + u64::from(frame.len) / 2;
+    // The middle byte of every run of that frame.
+    let in_content: Vec<u64> = frame_runs
+        .iter()
+        .map(|r| r.target_offset + u64::from(r.run.len) / 2)
+        .collect();
 
+    // A bad pack alone: its runs come raw instead, and the DP hears of it.
+    flip(&pack_file, in_pack);
+    let other = s.dir.path().join("other-cache");
+    run_ok(get_cmd(&url, &s.lib, &other).args(["--version", "1"]));
+    let summary = json(&run_ok(
+        peerdelta([
+            "get",
+            "--json",
+            "--package",
+            "app",
+            "--dp",
+            &url,
+            "--version",
+            "2",
+        ])
+        .arg("--dp-key")
+        .arg(key_file(&s.lib))
+        .arg("--cache")
+        .arg(&other),
+    ));
+    assert!(summary["hash_failures"].as_u64().unwrap() >= 1, "{summary}");
+    let reports = status_reports(&s.lib);
+    assert!(
+        reports.contains("hash_failure") && reports.contains("\"dp\""),
+        "{reports}"
+    );
+
+    // The same runs wrong raw as well: nothing good to be had.
+    for &at in &in_content {
+        flip(&content, at);
+    }
     let out = s.dir.path().join("out");
     let bad = run_code(
         peerdelta(["get", "--package", "app", "--dp", &url, "--version", "2"])
@@ -512,7 +552,10 @@ fn a_dp_sending_a_wrong_byte_is_caught_reported_and_resumed_once_fixed() {
     );
 
     // Repaired: the next get fetches only what it had not verified.
-    flip(&content, at);
+    for &at in &in_content {
+        flip(&content, at);
+    }
+    flip(&pack_file, in_pack);
     let p0 = metric(&server.addr, PAYLOAD);
     run_ok(
         get_cmd(&url, &s.lib, &cache)
@@ -524,8 +567,8 @@ fn a_dp_sending_a_wrong_byte_is_caught_reported_and_resumed_once_fixed() {
     let (_, ilen) = library_index(&s.lib, "app");
     let (_, mlen) = library_manifest(&s.lib, "app", 2);
     assert!(
-        resumed <= ilen + mlen + (1 << 20) + 4096,
-        "only the bad run again: {resumed} B"
+        resumed <= ilen + mlen + u64::from(frame.len) + u64::from(frame.raw_len) + 4096,
+        "only the bad frame and run again: {resumed} B"
     );
 }
 
