@@ -63,6 +63,24 @@ pub fn manifest_delta(package: &PackageName, version: u64, from: u64) -> String 
     format!("packages/{package}/{version}/manifest.from-{from}")
 }
 
+/// Whether `rel` names an immutable, hash-named library file an agent may
+/// keep and pass to peers (needs lists, pieces files, signatures): exactly
+/// `needs/<shard>/<name>` or `sigs/<shard>/<name>`, plain names only.
+pub fn is_library_file(rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let [top, shard, name] = parts.as_slice() else {
+        return false;
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 200
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    matches!(*top, "needs" | "sigs") && plain(shard) && plain(name)
+}
+
 /// What a library path holds, for accounting (metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod election;
 pub mod fetchplan;
 pub mod getplan;
 pub mod governor;
@@ -26,6 +27,8 @@ pub mod publish;
 pub mod rdc;
 pub mod sigstore;
 pub mod status;
+pub mod swarm;
 pub mod time;
+pub mod wire;
 
 pub use hash::ContentHash;

@@ -1,0 +1,627 @@
+//! Master election for one package version on one subnet: a sans-IO state
+//! machine. Events go in (a peer's announcement heard, a tick of the clock,
+//! the agent's own rank changed), decisions come out ([`Action`]). The agent
+//! drives it with libp2p and a real clock, simnet with simulated ones; the
+//! rules live here only.
+//!
+//! Every candidate announces its [`Rank`] and whether it claims the master
+//! role, once per heartbeat. Ranks compare, in order (greater wins):
+//!
+//! 1. holds the target version complete (then the WAN is not used at all);
+//! 2. fraction of the target's bytes held (per mille);
+//! 3. holds a base version that has needs lists to the target;
+//! 4. configured weight (0: never master, and never answers peers);
+//! 5. free cache space;
+//! 6. the peer id, lowest wins: a deterministic final tie-break.
+//!
+//! The master is the best-ranked *claimant* among the live candidates (a
+//! claimant that sees a better one steps down, so two claimants after a
+//! partition heals resolve to one). With no live claimant, after a settle
+//! period that lets the candidates hear each other, the best-ranked live
+//! candidate claims. A master silent for `master_timeout_ms` is lost: it
+//! drops out and the rest re-elect.
+//!
+//! Incumbency: a master keeps its role while it lives, except that (a) a
+//! candidate holding the target complete always takes over from one that
+//! does not, and (b) at each periodic re-election (`reelect_ms`) a candidate
+//! strictly better on criteria 1–4 takes over. Free space and the peer id
+//! only break ties between non-incumbents: the peers that copied the
+//! master's finished blocks would otherwise tie with it and take over
+//! mid-transfer for nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use serde::{Deserialize, Serialize};
+
+/// A candidate's rank. `Ord`: greater is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rank {
+    /// Holds the target version complete.
+    pub complete: bool,
+    /// Per mille of the target's bytes held (0 until the manifest is known).
+    pub held_permille: u16,
+    /// Holds a base version with needs lists to the target.
+    pub has_base: bool,
+    /// Configured election weight; 0 never becomes master.
+    pub weight: u32,
+    /// Free cache space in MiB (coarse, so small fluctuations do not reorder).
+    pub free_mib: u64,
+}
+
+impl Rank {
+    /// The criteria an incumbent is challenged on (1–4).
+    fn strength(&self) -> (bool, u16, bool, u32) {
+        (
+            self.complete,
+            self.held_permille.min(1000),
+            self.has_base,
+            self.weight,
+        )
+    }
+
+    /// May this candidate be master at all?
+    pub fn eligible(&self) -> bool {
+        self.weight > 0
+    }
+}
+
+/// Orders candidates `(rank, id)`: greater is better; lower id wins ties.
+pub fn better<P: Ord>(a: (&Rank, &P), b: (&Rank, &P)) -> bool {
+    let ka = (a.0.strength(), a.0.free_mib);
+    let kb = (b.0.strength(), b.0.free_mib);
+    ka > kb || (ka == kb && a.1 < b.1)
+}
+
+/// Timing of the election, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// How often a candidate announces itself.
+    pub heartbeat_ms: u64,
+    /// Silence after which a peer (and so a master) is considered lost.
+    pub master_timeout_ms: u64,
+    /// Wait after joining before claiming, so candidates hear each other.
+    pub settle_ms: u64,
+    /// Periodic re-election: how often a better candidate may take over.
+    pub reelect_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 500,
+            master_timeout_ms: 3_000,
+            settle_ms: 1_500,
+            reelect_ms: 300_000,
+        }
+    }
+}
+
+/// What a candidate last announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    /// Its rank.
+    pub rank: Rank,
+    /// Whether it claims the master role.
+    pub claims: bool,
+    /// When it was heard (ms).
+    pub at_ms: u64,
+}
+
+/// An input to the election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<P> {
+    /// A candidate's announcement arrived.
+    Heard {
+        /// Who.
+        from: P,
+        /// Its rank.
+        rank: Rank,
+        /// Whether it claims the master role.
+        claims: bool,
+    },
+    /// A peer disconnected (faster than waiting for its silence).
+    Gone(P),
+    /// Our own rank changed (content arrived, cache filled).
+    Rank(Rank),
+    /// Time passed.
+    Tick,
+}
+
+/// Why the master changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// The first election for this version.
+    First,
+    /// The master went silent or disconnected.
+    MasterLost,
+    /// A candidate holding the target complete took over.
+    HoldsTarget,
+    /// A strictly better candidate took over at the periodic re-election.
+    Periodic,
+    /// Two claimants met; the better one stays.
+    Conflict,
+}
+
+/// A decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// We are master from now: fetch from the DP, serve the subnet.
+    BecomeMaster,
+    /// We are no longer master: stop fetching from the DP.
+    StepDown,
+    /// The master as we see it changed (for logs, status and metrics).
+    MasterChanged {
+        /// The previous master.
+        from: Option<P>,
+        /// The new one (`None`: no master right now).
+        to: Option<P>,
+        /// Why.
+        reason: Reason,
+        /// The live candidates and their ranks, best first.
+        candidates: Vec<(P, Rank)>,
+    },
+}
+
+/// The election for one package version, seen from one candidate.
+#[derive(Debug, Clone)]
+pub struct Election<P> {
+    me: P,
+    rank: Rank,
+    timing: Timing,
+    peers: BTreeMap<P, Heard>,
+    claiming: bool,
+    master: Option<P>,
+    started_ms: u64,
+    now_ms: u64,
+    last_periodic_ms: u64,
+    elections: u64,
+}
+
+impl<P: Ord + Clone + Debug> Election<P> {
+    /// Starts the election at `now_ms`.
+    pub fn new(me: P, rank: Rank, timing: Timing, now_ms: u64) -> Self {
+        Election {
+            me,
+            rank,
+            timing,
+            peers: BTreeMap::new(),
+            claiming: false,
+            master: None,
+            started_ms: now_ms,
+            now_ms,
+            last_periodic_ms: now_ms,
+            elections: 0,
+        }
+    }
+
+    /// Who we are.
+    pub fn me(&self) -> &P {
+        &self.me
+    }
+
+    /// Whether we claim the master role (what to announce).
+    pub fn claims(&self) -> bool {
+        self.claiming
+    }
+
+    /// Our rank (what to announce).
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// The master as we see it.
+    pub fn master(&self) -> Option<&P> {
+        self.master.as_ref()
+    }
+
+    /// Whether we are the master.
+    pub fn is_master(&self) -> bool {
+        self.master.as_ref() == Some(&self.me)
+    }
+
+    /// How many times the master changed to someone (elections and re-elections).
+    pub fn elections(&self) -> u64 {
+        self.elections
+    }
+
+    /// The live candidates (ourselves included), best first.
+    pub fn candidates(&self) -> Vec<(P, Rank)> {
+        let mut v: Vec<(P, Rank)> = self
+            .live()
+            .map(|(p, h)| (p.clone(), h.rank))
+            .chain(std::iter::once((self.me.clone(), self.rank)))
+            .collect();
+        v.sort_by(|a, b| {
+            if better((&a.1, &a.0), (&b.1, &b.0)) {
+                std::cmp::Ordering::Less
+            } else if better((&b.1, &b.0), (&a.1, &a.0)) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        v
+    }
+
+    /// Peers heard within the timeout.
+    fn live(&self) -> impl Iterator<Item = (&P, &Heard)> {
+        let cutoff = self.now_ms.saturating_sub(self.timing.master_timeout_ms);
+        self.peers.iter().filter(move |(_, h)| h.at_ms >= cutoff)
+    }
+
+    /// Feeds one event at time `now_ms`; returns the decisions it leads to.
+    pub fn handle(&mut self, event: Event<P>, now_ms: u64) -> Vec<Action<P>> {
+        self.now_ms = self.now_ms.max(now_ms);
+        match event {
+            Event::Heard { from, rank, claims } => {
+                if from != self.me {
+                    self.peers.insert(
+                        from,
+                        Heard {
+                            rank,
+                            claims,
+                            at_ms: self.now_ms,
+                        },
+                    );
+                }
+            }
+            Event::Gone(p) => {
+                self.peers.remove(&p);
+            }
+            Event::Rank(r) => self.rank = r,
+            Event::Tick => {}
+        }
+        self.decide()
+    }
+
+    /// Applies the rules of the module documentation.
+    fn decide(&mut self) -> Vec<Action<P>> {
+        let mut out = Vec::new();
+        let me = self.me.clone();
+        // The live claimants, best first.
+        let mut claimants: Vec<(P, Rank)> = self
+            .live()
+            .filter(|(_, h)| h.claims && h.rank.eligible())
+            .map(|(p, h)| (p.clone(), h.rank))
+            .collect();
+        if self.claiming {
+            claimants.push((me.clone(), self.rank));
+        }
+        let best_of = |v: &[(P, Rank)]| -> Option<(P, Rank)> {
+            v.iter()
+                .fold(None::<&(P, Rank)>, |acc, c| match acc {
+                    Some(a) if !better((&c.1, &c.0), (&a.1, &a.0)) => Some(a),
+                    _ => Some(c),
+                })
+                .cloned()
+        };
+        let eligible: Vec<(P, Rank)> = self
+            .candidates()
+            .into_iter()
+            .filter(|(_, r)| r.eligible())
+            .collect();
+        let best = eligible.first().cloned();
+        let leader = best_of(&claimants);
+        let periodic_due =
+            self.now_ms.saturating_sub(self.last_periodic_ms) >= self.timing.reelect_ms;
+        let (to, reason): (Option<P>, Reason) = match leader {
+            Some((lp, lr)) => {
+                // Challenges against the incumbent claimant.
+                let challenger = best.filter(|(bp, br)| {
+                    *bp != lp
+                        && ((br.complete && !lr.complete)
+                            || (periodic_due && br.strength() > lr.strength()))
+                });
+                match challenger {
+                    Some((bp, br)) => (
+                        Some(bp),
+                        if br.complete && !lr.complete {
+                            Reason::HoldsTarget
+                        } else {
+                            Reason::Periodic
+                        },
+                    ),
+                    None if claimants.len() > 1 => (Some(lp), Reason::Conflict),
+                    None => (Some(lp), Reason::First),
+                }
+            }
+            None => {
+                let settled = self.now_ms.saturating_sub(self.started_ms) >= self.timing.settle_ms;
+                if settled {
+                    let reason = if self.master.is_some() {
+                        Reason::MasterLost
+                    } else {
+                        Reason::First
+                    };
+                    (best.map(|b| b.0), reason)
+                } else {
+                    (None, Reason::First)
+                }
+            }
+        };
+        if periodic_due {
+            self.last_periodic_ms = self.now_ms;
+        }
+        // Our own role follows the decision.
+        let should_claim = to.as_ref() == Some(&me);
+        if should_claim && !self.claiming {
+            self.claiming = true;
+            out.push(Action::BecomeMaster);
+        } else if !should_claim && self.claiming {
+            self.claiming = false;
+            out.push(Action::StepDown);
+        }
+        // The master as we see it: a peer becomes master when it claims, not
+        // when we expect it to.
+        let seen = match &to {
+            Some(p) if *p == me => Some(me.clone()),
+            Some(p) => self
+                .live()
+                .any(|(q, h)| q == p && h.claims)
+                .then(|| p.clone()),
+            None => None,
+        };
+        if seen != self.master {
+            let reason = match (&self.master, &seen) {
+                (Some(old), _) if !self.live().any(|(q, _)| q == old) && *old != me => {
+                    Reason::MasterLost
+                }
+                _ => reason,
+            };
+            if seen.is_some() {
+                self.elections += 1;
+            }
+            out.push(Action::MasterChanged {
+                from: self.master.clone(),
+                to: seen.clone(),
+                reason,
+                candidates: self.candidates(),
+            });
+            self.master = seen;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(held: u16, weight: u32) -> Rank {
+        Rank {
+            complete: held >= 1000,
+            held_permille: held,
+            has_base: true,
+            weight,
+            free_mib: 1000,
+        }
+    }
+
+    /// A fully connected subnet of elections, with message delivery each step.
+    struct Net {
+        nodes: Vec<Option<Election<u32>>>,
+        now: u64,
+    }
+
+    impl Net {
+        fn new(ranks: &[Rank]) -> Net {
+            Net {
+                nodes: ranks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Some(Election::new(i as u32, *r, Timing::default(), 0)))
+                    .collect(),
+                now: 0,
+            }
+        }
+        /// Advances one heartbeat: everyone announces, everyone ticks.
+        fn step(&mut self) {
+            self.now += Timing::default().heartbeat_ms;
+            let said: Vec<(u32, Rank, bool)> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.as_ref().map(|e| (*e.me(), e.rank(), e.claims())))
+                .collect();
+            for e in self.nodes.iter_mut().flatten() {
+                for (from, rank, claims) in &said {
+                    e.handle(
+                        Event::Heard {
+                            from: *from,
+                            rank: *rank,
+                            claims: *claims,
+                        },
+                        self.now,
+                    );
+                }
+                e.handle(Event::Tick, self.now);
+            }
+        }
+        fn masters(&self) -> Vec<u32> {
+            self.nodes
+                .iter()
+                .flatten()
+                .filter(|e| e.is_master())
+                .map(|e| *e.me())
+                .collect()
+        }
+        fn views(&self) -> Vec<Option<u32>> {
+            self.nodes
+                .iter()
+                .flatten()
+                .map(|e| e.master().copied())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn order_of_criteria() {
+        let base = rank(500, 1);
+        let p = 7u32;
+        let q = 3u32;
+        let complete = Rank {
+            complete: true,
+            ..base
+        };
+        assert!(better((&complete, &p), (&base, &q)));
+        let more = Rank {
+            held_permille: 600,
+            has_base: false,
+            ..base
+        };
+        assert!(better((&more, &p), (&base, &q)));
+        let with_base = Rank {
+            has_base: true,
+            weight: 1,
+            ..base
+        };
+        let heavier_no_base = Rank {
+            has_base: false,
+            weight: 9,
+            ..base
+        };
+        assert!(better((&with_base, &p), (&heavier_no_base, &q)));
+        let heavier = Rank { weight: 2, ..base };
+        assert!(better((&heavier, &p), (&base, &q)));
+        let roomier = Rank {
+            free_mib: 5000,
+            ..base
+        };
+        assert!(better((&roomier, &p), (&base, &q)));
+        // Everything equal: the lower id wins.
+        assert!(better((&base, &q), (&base, &p)));
+        assert!(!better((&base, &p), (&base, &p)));
+    }
+
+    #[test]
+    fn one_master_after_settling_and_everyone_agrees() {
+        let mut net = Net::new(&[rank(100, 1), rank(300, 1), rank(300, 2), rank(0, 1)]);
+        net.step();
+        assert!(net.masters().is_empty(), "nobody claims before settling");
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![2]);
+        assert!(net.views().iter().all(|v| *v == Some(2)));
+    }
+
+    #[test]
+    fn weight_zero_never_master() {
+        let mut net = Net::new(&[rank(900, 0), rank(0, 1)]);
+        for _ in 0..8 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![1]);
+        // Alone with weight 0: no master at all.
+        let mut net = Net::new(&[rank(900, 0)]);
+        for _ in 0..8 {
+            net.step();
+        }
+        assert!(net.masters().is_empty());
+    }
+
+    #[test]
+    fn lost_master_is_replaced_within_the_timeout() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1), rank(0, 1)]);
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        net.nodes[0] = None;
+        let lost_at = net.now;
+        let mut steps = 0;
+        while net.masters().is_empty() {
+            net.step();
+            steps += 1;
+            assert!(steps < 20, "no re-election");
+        }
+        net.step();
+        assert_eq!(net.masters(), vec![1]);
+        assert!(net.views().iter().all(|v| *v == Some(1)));
+        assert!(net.now - lost_at <= Timing::default().master_timeout_ms + 1_000);
+        let e = net.nodes[2].as_ref().map(|e| e.elections());
+        assert_eq!(e, Some(2));
+    }
+
+    #[test]
+    fn incumbent_keeps_role_on_ties_but_a_holder_of_the_target_takes_over() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        // The peer catches up with the master: no change.
+        for n in net.nodes.iter_mut().flatten() {
+            let r = rank(500, 1);
+            n.handle(Event::Rank(r), net.now);
+        }
+        for _ in 0..4 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        // A peer holding the complete target joins: it takes over at once.
+        net.nodes.push(Some(Election::new(
+            9,
+            rank(1000, 1),
+            Timing::default(),
+            net.now,
+        )));
+        for _ in 0..4 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![9]);
+    }
+
+    #[test]
+    fn periodic_reelection_lets_a_strictly_better_candidate_take_over() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        // Node 1 now holds more of the target (say, an older version appeared).
+        if let Some(n) = net.nodes[1].as_mut() {
+            n.handle(Event::Rank(rank(700, 1)), net.now);
+        }
+        for _ in 0..4 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0], "no takeover before the re-election");
+        let until = net.now + Timing::default().reelect_ms + 2_000;
+        while net.now < until {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![1]);
+    }
+
+    #[test]
+    fn two_claimants_resolve_to_the_better_one() {
+        let t = Timing::default();
+        let mut a = Election::new(1u32, rank(0, 1), t, 0);
+        let mut b = Election::new(2u32, rank(0, 1), t, 0);
+        // Each settles alone (a partition), each claims.
+        a.handle(Event::Tick, 2_000);
+        b.handle(Event::Tick, 2_000);
+        assert!(a.is_master() && b.is_master());
+        // The partition heals.
+        let acts = b.handle(
+            Event::Heard {
+                from: 1,
+                rank: a.rank(),
+                claims: true,
+            },
+            2_100,
+        );
+        assert!(acts.contains(&Action::StepDown));
+        a.handle(
+            Event::Heard {
+                from: 2,
+                rank: b.rank(),
+                claims: false,
+            },
+            2_100,
+        );
+        assert!(a.is_master() && !b.is_master());
+        assert_eq!(b.master(), Some(&1));
+    }
+}
