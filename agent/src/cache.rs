@@ -146,6 +146,26 @@ pub struct GcReport {
 }
 
 impl Cache {
+    /// Where a verified DP library file (needs list, pieces file) is kept so
+    /// that peers can have it from us; `None` for a path that is not one.
+    pub fn library_file(&self, rel: &str) -> Option<PathBuf> {
+        peerdelta_protocol::layout::is_library_file(rel)
+            .then(|| self.root.join("library").join(rel))
+    }
+
+    /// Keeps a verified library file (temporary file, fsync, rename).
+    pub fn keep_library_file(&self, rel: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let Some(path) = self.library_file(rel) else {
+            anyhow::bail!("{rel} is not a library file path");
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = self.tmp_path("library");
+        crate::dp::library::write_synced(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
     /// Opens (creating) the cache at `root`.
     pub fn open(root: &Path) -> anyhow::Result<Cache> {
         for d in ["content", "versions", "partial", "quarantine", "tmp"] {

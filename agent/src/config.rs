@@ -42,7 +42,78 @@ pub struct ConfigFile {
     pub governor: GovernorFile,
     /// Branch agent daemon settings.
     #[serde(default)]
-    pub agent: toml::Table,
+    pub agent: AgentFile,
+}
+
+/// The `[agent]` section: the daemon (`peerdelta agent run`).
+///
+/// ```toml
+/// [agent]
+/// name = "branch-12-pc-3"                 # in logs and status (default: host name)
+/// listen = ["/ip4/0.0.0.0/tcp/7118"]      # libp2p listen addresses
+/// peers = ["/ip4/10.1.2.3/tcp/7118"]      # static peers, for networks without multicast
+/// mdns = true                             # discover peers on the LAN
+/// psk = "64 hex digits"                   # subnet key: only agents holding it connect
+/// weight = 1                              # election weight; 0 = never master, never serves
+/// control = "127.0.0.1:7117"              # loopback control API (get, status, metrics)
+/// heartbeat_ms = 500
+/// master_timeout_ms = 3000                # a silent master is replaced after this
+/// settle_ms = 1500
+/// reelect_secs = 300                      # periodic re-election
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentFile {
+    /// Name in logs, status and reports.
+    pub name: Option<String>,
+    /// libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// Static peers.
+    pub peers: Vec<String>,
+    /// mDNS discovery.
+    pub mdns: bool,
+    /// Subnet pre-shared key (64 hex digits).
+    pub psk: Option<String>,
+    /// Election weight.
+    pub weight: u32,
+    /// Control API address (loopback only).
+    pub control: String,
+    /// Election heartbeat.
+    pub heartbeat_ms: u64,
+    /// Master loss timeout.
+    pub master_timeout_ms: u64,
+    /// Settle time before the first claim.
+    pub settle_ms: u64,
+    /// Periodic re-election.
+    pub reelect_secs: u64,
+    /// DP requests in flight at once (master).
+    pub concurrency: usize,
+    /// Most bytes in one DP request.
+    pub request_bytes: u64,
+}
+
+/// The control API's default address.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:7117";
+
+impl Default for AgentFile {
+    fn default() -> Self {
+        let t = peerdelta_protocol::election::Timing::default();
+        AgentFile {
+            name: None,
+            listen: vec!["/ip4/0.0.0.0/tcp/7118".into()],
+            peers: Vec::new(),
+            mdns: true,
+            psk: None,
+            weight: 1,
+            control: DEFAULT_CONTROL.into(),
+            heartbeat_ms: t.heartbeat_ms,
+            master_timeout_ms: t.master_timeout_ms,
+            settle_ms: t.settle_ms,
+            reelect_secs: t.reelect_ms / 1000,
+            concurrency: 4,
+            request_bytes: 4 << 20,
+        }
+    }
 }
 
 /// The `[governor]` section.

@@ -10,3 +10,9 @@ pub fn point(point: &str) {
         std::process::abort();
     }
 }
+
+/// Whether `PEERDELTA_FAULT` names `point` (faults that misbehave rather
+/// than crash, e.g. `serve-corrupt`: a peer that serves damaged bytes).
+pub fn active(point: &str) -> bool {
+    std::env::var_os("PEERDELTA_FAULT").is_some_and(|v| v == point)
+}

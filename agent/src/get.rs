@@ -28,7 +28,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ed25519_dalek::VerifyingKey;
@@ -48,6 +48,7 @@ use serde::Serialize;
 use crate::cache::{Cache, VerifiedContent, verify_file};
 use crate::client::{DpClient, FetchError};
 use crate::progress::Progress;
+use crate::subnet::lan::Lan;
 use crate::util::now_ms;
 
 /// What to get.
@@ -91,6 +92,8 @@ pub struct GetSummary {
     pub dp_bytes: u64,
     /// Bytes reused from the local cache (whole contents and seed runs).
     pub reused_bytes: u64,
+    /// Bytes received from peers on the subnet.
+    pub lan_bytes: u64,
     /// Contents already in the cache.
     pub cached_contents: u64,
     /// Contents rebuilt with a needs list.
@@ -130,30 +133,68 @@ struct Ctx<'a> {
     cache: &'a Cache,
     opts: &'a GetOptions,
     manifest: &'a Manifest,
+    lan: Option<&'a Lan>,
     reused: AtomicU64,
     failures: AtomicU64,
     progress: Progress,
 }
 
-/// Gets a version into the cache (and `--out`).
+/// Gets a version into the cache (and `--out`), one agent alone.
 pub async fn get(
     client: &DpClient,
     cache: &Cache,
     key: &VerifyingKey,
     opts: &GetOptions,
 ) -> anyhow::Result<GetSummary> {
+    get_with(client, cache, key, opts, None, None).await
+}
+
+/// Gets a version into the cache, on a subnet when `lan` is given: then
+/// everything the subnet holds comes over the LAN, and the DP is used only
+/// while the election makes us master.
+pub async fn get_with(
+    client: &DpClient,
+    cache: &Cache,
+    key: &VerifyingKey,
+    opts: &GetOptions,
+    lan: Option<&Lan>,
+    known: Option<(Manifest, Vec<u8>)>,
+) -> anyhow::Result<GetSummary> {
     let started = Instant::now();
-    let (manifest, signed) =
-        fetch_manifest(client, key, &opts.package, opts.version, Some(cache)).await?;
+    let (manifest, signed) = match (known, lan) {
+        (Some(k), _) => k,
+        (None, Some(lan)) => lan_manifest(client, cache, key, opts, lan).await?,
+        (None, None) => {
+            fetch_manifest(client, key, &opts.package, opts.version, Some(cache)).await?
+        }
+    };
     let _in_use = cache.use_version(&manifest.package, manifest.version)?;
     let older = older_files(cache, key, &manifest);
     let sizes: HashMap<ContentHash, &FileEntry> =
         manifest.files().map(|(_, f)| (f.hash, f)).collect();
-    let plans: Vec<(ContentHash, &FileEntry, Source)> =
-        getplan::plan(&manifest, |h| cache.has(h), |p| older.get(p).copied())
-            .into_iter()
-            .filter_map(|p| Some((p.hash, *sizes.get(&p.hash)?, p.source)))
-            .collect();
+    // Bases a peer holds count as held (seed runs are alt-copied); a target
+    // content a peer holds is still to be obtained (from that peer).
+    let subnet: std::collections::BTreeSet<ContentHash> = match lan {
+        Some(lan) => {
+            let bases: Vec<ContentHash> = manifest
+                .files()
+                .flat_map(|(_, f)| f.needs.iter().map(|n| n.base))
+                .filter(|b| !cache.has(b) && !sizes.contains_key(b))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            lan.holders(&bases).await.into_keys().collect()
+        }
+        None => Default::default(),
+    };
+    let plans: Vec<(ContentHash, &FileEntry, Source)> = getplan::plan(
+        &manifest,
+        |h| cache.has(h) || subnet.contains(h),
+        |p| older.get(p).copied(),
+    )
+    .into_iter()
+    .filter_map(|p| Some((p.hash, *sizes.get(&p.hash)?, p.source)))
+    .collect();
     let todo: u64 = plans
         .iter()
         .filter(|p| !matches!(p.2, Source::Held))
@@ -164,6 +205,7 @@ pub async fn get(
         cache,
         opts,
         manifest: &manifest,
+        lan,
         reused: AtomicU64::new(0),
         failures: AtomicU64::new(0),
         progress: Progress::new("get", plans.len() as u64, todo, opts.progress),
@@ -177,9 +219,15 @@ pub async fn get(
         tracing::debug!(content = %h, plan = ?p, "plan");
     }
     // Contents run a few at a time; requests are bounded per content.
-    let jobs = plans.iter().filter(|p| !matches!(p.2, Source::Held));
+    // (The futures are made up front: a lazy stream of closures over
+    // borrowed plans defeats the Send proof when the daemon spawns this.)
+    let mut jobs = Vec::new();
+    for (h, f, p) in &plans {
+        if !matches!(p, Source::Held) {
+            jobs.push(obtain(&ctx, *h, f, p.clone()));
+        }
+    }
     let results: Vec<anyhow::Result<How>> = stream::iter(jobs)
-        .map(|(h, f, p)| obtain(&ctx, *h, f, p.clone()))
         .buffer_unordered(opts.concurrency.clamp(1, 8))
         .collect()
         .await;
@@ -200,6 +248,7 @@ pub async fn get(
         bytes: manifest.total_bytes(),
         dp_bytes: client.wan_bytes(),
         reused_bytes: ctx.reused.load(Ordering::Relaxed),
+        lan_bytes: lan.map_or(0, |l| l.lan_bytes.load(Ordering::Relaxed)),
         cached_contents: held,
         delta_contents: counts[How::Delta as usize],
         rdc_contents: counts[How::Rdc as usize],
@@ -215,7 +264,7 @@ pub async fn get(
                 version: manifest.version,
                 event: StatusEvent::Completed {
                     wan_bytes: summary.dp_bytes,
-                    lan_bytes: 0,
+                    lan_bytes: summary.lan_bytes,
                     reused_bytes: summary.reused_bytes,
                 },
                 time_ms: now_ms(),
@@ -223,6 +272,38 @@ pub async fn get(
             .await;
     }
     Ok(summary)
+}
+
+/// The manifest on a subnet: from a peer (checked against the DP key like
+/// any manifest), or from the DP once we are master.
+pub async fn lan_manifest(
+    client: &DpClient,
+    cache: &Cache,
+    key: &VerifyingKey,
+    opts: &GetOptions,
+    lan: &Lan,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let version = opts
+        .version
+        .context("internal: a subnet transfer needs an explicit version")?;
+    if let Some(raw) = cache.manifest_raw(&opts.package, version)
+        && let Ok(m) = manifest::open_manifest(&raw, key)
+    {
+        return Ok((m, raw));
+    }
+    loop {
+        if let Some((peer, b)) = lan.manifest().await {
+            match manifest::open_manifest(&b, key) {
+                Ok(m) if m.package == opts.package && m.version == version => return Ok((m, b)),
+                Ok(_) => lan.ban(peer, "sent the manifest of another version"),
+                Err(e) => lan.ban(peer, &format!("sent a manifest that does not verify: {e}")),
+            }
+        }
+        if lan.is_master() {
+            return fetch_manifest(client, key, &opts.package, Some(version), Some(cache)).await;
+        }
+        lan.wait(Duration::from_millis(300)).await;
+    }
 }
 
 /// Fetches and verifies the index and the manifest of `version` (or the newest).
@@ -365,6 +446,10 @@ async fn obtain(ctx: &Ctx<'_>, hash: ContentHash, f: &FileEntry, p: Source) -> a
             )
             .await
         }
+        Source::Rdc(_) if ctx.lan.is_some_and(|l| !l.is_master()) => {
+            how = How::Whole;
+            whole(ctx, f).await
+        }
         Source::Rdc(seed) => match rdc(ctx, f, *seed).await {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -447,6 +532,17 @@ async fn whole(ctx: &Ctx<'_>, f: &FileEntry) -> Result<VerifiedContent, JobError
         )
         .await;
     }
+    if let Some(lan) = ctx.lan {
+        loop {
+            if let Some(v) = small_from_lan(ctx, lan, f).await? {
+                return Ok(v);
+            }
+            if lan.is_master() {
+                break;
+            }
+            lan.wait(Duration::from_millis(300)).await;
+        }
+    }
     let content_rel = layout::content(&f.hash);
     let first = match f.zst_len {
         Some(zlen) => {
@@ -478,6 +574,69 @@ async fn whole(ctx: &Ctx<'_>, f: &FileEntry) -> Result<VerifiedContent, JobError
     write_verified(ctx, f, &raw)
 }
 
+/// A small content from a peer that holds it whole, checked against its hash.
+async fn small_from_lan(
+    ctx: &Ctx<'_>,
+    lan: &Lan,
+    f: &FileEntry,
+) -> Result<Option<VerifiedContent>, JobError> {
+    if f.size > peerdelta_protocol::wire::MAX_RANGE {
+        return Ok(None);
+    }
+    let holders = lan.holders(&[f.hash]).await;
+    for p in holders.get(&f.hash).into_iter().flatten() {
+        let Some(b) = lan.range(*p, f.hash, 0, f.size).await else {
+            continue;
+        };
+        if ContentHash::of(&b) == f.hash {
+            return write_verified(ctx, f, &b).map(Some);
+        }
+        ctx.failures.fetch_add(1, Ordering::Relaxed);
+        let detail = format!("peer {p} sent content {} with the wrong hash", f.hash);
+        lan.ban(*p, &detail);
+        report_failure(ctx, f.hash, &format!("peer {p}"), &detail).await;
+    }
+    Ok(None)
+}
+
+/// A needs list or pieces file: kept in the cache, else from a peer, else
+/// from the DP (on a subnet, only as master; until then we wait).
+async fn library_file(
+    ctx: &Ctx<'_>,
+    rel: &str,
+    hash: ContentHash,
+    len: u64,
+) -> Result<Vec<u8>, JobError> {
+    if let Some(path) = ctx.cache.library_file(rel)
+        && let Ok(b) = fs::read(&path)
+        && ContentHash::of(&b) == hash
+    {
+        return Ok(b);
+    }
+    let b = loop {
+        if let Some(lan) = ctx.lan {
+            if let Some(b) = lan.file(rel, &hash).await {
+                break b;
+            }
+            if !lan.is_master() {
+                lan.wait(Duration::from_millis(300)).await;
+                continue;
+            }
+        }
+        let b = ctx.client.get_sized(rel, len).await?;
+        if ContentHash::of(&b) != hash {
+            return Err(JobError::Dp(format!("{rel} does not match the manifest")));
+        }
+        break b;
+    };
+    if ctx.lan.is_some()
+        && let Err(e) = ctx.cache.keep_library_file(rel, &b)
+    {
+        tracing::warn!("keeping {rel} for peers: {e:#}");
+    }
+    Ok(b)
+}
+
 fn write_verified(ctx: &Ctx<'_>, f: &FileEntry, raw: &[u8]) -> Result<VerifiedContent, JobError> {
     let tmp = ctx.cache.tmp_path("content");
     blocking(|| crate::dp::library::write_synced(&tmp, raw))?;
@@ -502,16 +661,7 @@ impl Journal {
         let mut raw = Vec::new();
         file.read_to_end(&mut raw)
             .with_context(|| format!("reading {}", path.display()))?;
-        // A torn last record (a crash mid-append) is ignored.
-        let done = raw
-            .chunks_exact(16)
-            .map(|r| {
-                (
-                    u64::from_le_bytes(r[..8].try_into().unwrap_or_default()),
-                    u64::from_le_bytes(r[8..].try_into().unwrap_or_default()),
-                )
-            })
-            .collect();
+        let done = parse_journal(&raw);
         Ok(Journal {
             file: Mutex::new(file),
             done: Mutex::new(done),
@@ -543,6 +693,29 @@ impl Journal {
             .extend_from_slice(ranges);
         Ok(())
     }
+}
+
+/// The ranges of a journal; a torn last record (a crash mid-append) is ignored.
+fn parse_journal(raw: &[u8]) -> Vec<(u64, u64)> {
+    raw.chunks_exact(16)
+        .map(|r| {
+            (
+                u64::from_le_bytes(r[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(r[8..].try_into().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+/// The verified ranges of a content being built in `cache` (what we can
+/// give peers before it is finished), merged and sorted, and the file that
+/// holds them.
+pub fn partial_coverage(cache: &Cache, h: &ContentHash) -> (Vec<(u64, u64)>, PathBuf) {
+    let dir = cache.partial_dir(h);
+    let ranges = fs::read(dir.join("journal"))
+        .map(|raw| peerdelta_protocol::swarm::merge(&parse_journal(&raw)))
+        .unwrap_or_default();
+    (ranges, dir.join("data"))
 }
 
 /// Whether the union of `done` covers `r`.
@@ -582,12 +755,7 @@ async fn rebuild(
     let bytes = match fs::read(&saved) {
         Ok(b) if ContentHash::of(&b) == needs_hash => b,
         _ => {
-            let b = ctx.client.get_sized(&needs_rel, needs_len).await?;
-            if ContentHash::of(&b) != needs_hash {
-                return Err(JobError::Dp(format!(
-                    "{needs_rel} does not match the manifest"
-                )));
-            }
+            let b = library_file(ctx, &needs_rel, needs_hash, needs_len).await?;
             crate::dp::library::write_synced(&saved, &b)?;
             b
         }
@@ -616,8 +784,14 @@ async fn rebuild(
     ctx.progress.add(0, already);
 
     // Seed runs from the local base.
-    if let Some(base) = base {
+    if let Some(base) = base.filter(|b| ctx.cache.has(b)) {
         blocking(|| copy_seed_runs(ctx, base, &runs, &journal, &data, &data_path))?;
+    }
+
+    // The subnet: every run a peer holds, seed runs alt-copied from a peer
+    // holding the base; a non-master waits here until the subnet has it all.
+    if let Some(lan) = ctx.lan {
+        lan_runs(ctx, lan, f, base, &runs, &journal, &data).await?;
     }
 
     // Origin runs: from the pack when there is one, then raw for whatever is left.
@@ -718,7 +892,16 @@ async fn rebuild(
     raw_needed.sort_unstable();
     raw_needed.dedup();
     fetch_raw_runs(ctx, f, &origin, &raw_needed, &journal, &data).await?;
-    if let Some(r) = origin.iter().find(|r| !journal.covers(r.target_range())) {
+    // Seed runs nobody on the subnet could supply (the base holder left).
+    let seeds: Vec<PlacedRun> = runs
+        .iter()
+        .filter(|r| matches!(r.run.source, RunSource::Seed { .. }))
+        .filter(|r| !journal.covers(r.target_range()))
+        .cloned()
+        .collect();
+    let all: Vec<usize> = (0..seeds.len()).collect();
+    fetch_raw_runs(ctx, f, &seeds, &all, &journal, &data).await?;
+    if let Some(r) = runs.iter().find(|r| !journal.covers(r.target_range())) {
         return Err(JobError::Other(anyhow::anyhow!(
             "bytes {}..{} of {} never arrived",
             r.target_offset,
@@ -733,6 +916,140 @@ async fn rebuild(
     let v = blocking(|| verify_file(&data_path, &f.hash))
         .map_err(|e| JobError::Dp(format!("{e:#}")))?;
     Ok(v)
+}
+
+/// Takes from the subnet what [`swarm::assign`] says it can give, until
+/// every run is done, or (as master) only runs the DP must give are left.
+async fn lan_runs(
+    ctx: &Ctx<'_>,
+    lan: &Lan,
+    f: &FileEntry,
+    base: Option<ContentHash>,
+    runs: &[PlacedRun],
+    journal: &Journal,
+    data: &File,
+) -> Result<(), JobError> {
+    use peerdelta_protocol::swarm::{self, From};
+    let local_base = base.is_some_and(|b| ctx.cache.has(&b));
+    let units: Vec<swarm::Unit> = runs
+        .iter()
+        .map(|r| swarm::Unit {
+            offset: r.target_offset,
+            len: u64::from(r.run.len),
+            seed_offset: match r.run.source {
+                RunSource::Seed { offset } => Some(offset),
+                _ => None,
+            },
+        })
+        .collect();
+    let done = |u: &swarm::Unit| journal.covers(u.offset..u.offset + u.len);
+    loop {
+        if units.iter().all(done) {
+            return Ok(());
+        }
+        let mut base_holders = std::collections::BTreeSet::new();
+        if let Some(b) = base.filter(|_| !local_base) {
+            base_holders.extend(lan.holders(&[b]).await.remove(&b).unwrap_or_default());
+        }
+        let view = swarm::View {
+            have_base: local_base,
+            may_use_dp: lan.is_master(),
+            holders: lan.coverage(&f.hash).await,
+            base_holders,
+            banned: lan.banned(),
+        };
+        let plan = swarm::assign(&units, done, &view);
+        let from_lan: Vec<(usize, From<libp2p::PeerId>)> = plan
+            .iter()
+            .filter(|(_, from)| matches!(from, From::Peer(_) | From::AltCopy(_)))
+            .cloned()
+            .collect();
+        if from_lan.is_empty() {
+            if plan.iter().any(|(_, from)| *from == From::Dp) {
+                return Ok(());
+            }
+            lan.wait(Duration::from_millis(100)).await;
+            continue;
+        }
+        // Batches: consecutive units from one peer, contiguous where they are read.
+        let mut batches: Vec<(libp2p::PeerId, ContentHash, u64, u64, Vec<usize>)> = Vec::new();
+        for (i, from) in from_lan {
+            let (peer, content, at) = match (&from, units.get(i)) {
+                (From::Peer(p), Some(u)) => (*p, f.hash, u.offset),
+                (From::AltCopy(p), Some(u)) => match (base, u.seed_offset) {
+                    (Some(b), Some(o)) => (*p, b, o),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let len = units.get(i).map_or(0, |u| u.len);
+            match batches.last_mut() {
+                Some(b)
+                    if b.0 == peer
+                        && b.1 == content
+                        && b.2 + b.3 == at
+                        && b.3 + len <= peerdelta_protocol::wire::MAX_RANGE =>
+                {
+                    b.3 += len;
+                    b.4.push(i);
+                }
+                _ => batches.push((peer, content, at, len, vec![i])),
+            }
+        }
+        let results: Vec<Result<u64, JobError>> = stream::iter(batches)
+            .map(|(peer, content, at, len, idx)| async move {
+                let Some(bytes) = lan.range(peer, content, at, len).await else {
+                    return Ok(0);
+                };
+                let mut written = Vec::new();
+                let mut pos = 0usize;
+                let mut bad = None;
+                for i in idx {
+                    let Some(r) = runs.get(i) else { continue };
+                    let n = r.run.len as usize;
+                    let Some(slice) = bytes.get(pos..pos + n) else {
+                        bad = Some(format!("sent {} bytes for a range of {len}", bytes.len()));
+                        break;
+                    };
+                    pos += n;
+                    match r.verify(slice) {
+                        Ok(v) => {
+                            data.write_all_at(v.bytes(), v.target_offset())
+                                .context("writing the content being built")?;
+                            written.push((r.target_offset, u64::from(r.run.len)));
+                        }
+                        Err(e) => {
+                            bad = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                let n: u64 = written.iter().map(|w| w.1).sum();
+                if !written.is_empty() {
+                    data.sync_data().context("syncing")?;
+                    journal.record(&written)?;
+                    ctx.progress.add(0, n);
+                }
+                if let Some(detail) = bad {
+                    ctx.failures.fetch_add(1, Ordering::Relaxed);
+                    let detail =
+                        format!("peer {peer}: bytes of {content} failed verification: {detail}");
+                    lan.ban(peer, &detail);
+                    report_failure(ctx, f.hash, &format!("peer {peer}"), &detail).await;
+                }
+                Ok(n)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut progress = 0;
+        for r in results {
+            progress += r?;
+        }
+        if progress == 0 {
+            lan.wait(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Copies the seed runs not yet journaled from the local base into `data`,

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod pack;
 pub mod progress;
 pub mod signing;
+pub mod subnet;
 pub mod usage;
 pub mod util;
 

@@ -27,6 +27,11 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Update a package version from the DP into the cache (and --out).
     Get(cmd::get::GetArgs),
+    /// The branch agent daemon.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Agent(cmd::agent::AgentCommand),
+    /// Show the local agent daemon: peers, elections, transfers, cache.
+    Status(cmd::agent::StatusArgs),
     /// The local content cache: list, verify, gc.
     #[command(subcommand, after_help = EXIT_CODES)]
     Cache(cmd::cache::CacheCommand),
@@ -55,6 +60,8 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Dp(c) => dp::run(c),
         Command::Get(a) => cmd::get::run(a),
+        Command::Agent(c) => cmd::agent::run(c),
+        Command::Status(a) => cmd::agent::status(a),
         Command::Cache(c) => cmd::cache::run(c),
         Command::Rdc(c) => cmd::rdc::run(c),
     };

@@ -66,6 +66,82 @@ pub struct GetArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Ask the local agent daemon at this address (default: `agent.control`
+    /// in the config file) instead of fetching alone; used when `--dp` is not given.
+    #[arg(long, env = "PEERDELTA_CONTROL")]
+    control: Option<String>,
+    /// With the daemon: wait until the transfer is done.
+    #[arg(long)]
+    wait: bool,
+    /// Fetch alone from the DP even if a daemon runs.
+    #[arg(long)]
+    standalone: bool,
+}
+
+/// `peerdelta get` through the local daemon; `None` when no daemon answers.
+fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
+    use crate::subnet::control::{ControlClient, GetRequest};
+    if a.standalone || a.dp.is_some() {
+        return Ok(None);
+    }
+    let addr = super::agent::control_addr(a.control.as_deref(), a.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let c = ControlClient::new(&addr)?;
+        if !c.alive().await {
+            if a.control.is_some() {
+                anyhow::bail!("no agent daemon answers at {addr}");
+            }
+            return Ok(None);
+        }
+        let accepted = c
+            .get(&GetRequest {
+                package: a.package.clone(),
+                version: a.version,
+            })
+            .await?;
+        if !a.wait {
+            if !a.quiet {
+                println!(
+                    "{} v{}: transfer started by the agent daemon (peerdelta status shows it)",
+                    accepted.package, accepted.version
+                );
+            }
+            return Ok(Some(()));
+        }
+        loop {
+            let j = c.job(&accepted.package, accepted.version).await?;
+            match j["phase"].as_str() {
+                Some("done") => {
+                    if a.json {
+                        println!("{}", serde_json::to_string_pretty(&j)?);
+                    } else if !a.quiet {
+                        let s = &j["summary"];
+                        println!(
+                            "{} v{}: done as {}; {} B from the DP, {} B from peers, {} B reused locally",
+                            accepted.package,
+                            accepted.version,
+                            j["role"].as_str().unwrap_or("?"),
+                            s["dp_bytes"],
+                            s["lan_bytes"],
+                            s["reused_bytes"]
+                        );
+                    }
+                    return Ok(Some(()));
+                }
+                Some("failed") => anyhow::bail!(
+                    "{} v{}: {}",
+                    accepted.package,
+                    accepted.version,
+                    j["error"].as_str().unwrap_or("failed")
+                ),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+            }
+        }
+    })
 }
 
 /// Hostname, for status reports.
@@ -83,6 +159,9 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
         LogFormat::Text,
         if a.quiet || a.json { "error" } else { "warn" },
     );
+    if via_daemon(&a)?.is_some() {
+        return Ok(());
+    }
     let cfg = ConfigFile::resolve(a.config.as_deref())?;
     let dp =
         a.dp.clone()

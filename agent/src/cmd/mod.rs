@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod agent;
 pub mod cache;
 pub mod demo;
 pub mod get;

@@ -1,0 +1,383 @@
+//! The LAN transport: libp2p over TCP with noise and yamux (and an optional
+//! pre-shared subnet key), mDNS discovery, a static peer list, and one
+//! request-response protocol carrying [`peerdelta_protocol::wire`] messages.
+//!
+//! The swarm runs in one task; the rest of the agent talks to it through a
+//! [`Net`] handle (send a request, await the answer) and receives incoming
+//! requests on a channel, answering through the handle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade::Version;
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, mdns, noise, pnet, tcp, yamux};
+use peerdelta_protocol::wire::{self, Request, Response};
+use tokio::sync::{mpsc, oneshot};
+
+/// Postcard messages, one per stream, size-limited both ways.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireCodec;
+
+async fn read_limited<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message over the limit of {limit} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+fn invalid(e: wire::WireError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+#[async_trait::async_trait]
+impl request_response::Codec for WireCodec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let buf = read_limited(io, wire::MAX_REQUEST).await?;
+        wire::decode_request(&buf).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let buf = read_limited(io, wire::MAX_RESPONSE).await?;
+        wire::decode_response(&buf).map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&wire::encode_request(&r)).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&wire::encode_response(&r)).await?;
+        io.close().await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rr: request_response::Behaviour<WireCodec>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// How the transport is set up.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial (and redial) whatever discovery finds.
+    pub peers: Vec<Multiaddr>,
+    /// Discover peers with mDNS.
+    pub mdns: bool,
+    /// Subnet pre-shared key: only agents holding it can connect.
+    pub psk: Option<[u8; 32]>,
+    /// Request timeout.
+    pub request_timeout: Duration,
+}
+
+/// A connected peer, as the transport sees it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerLink {
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+    /// Open connections.
+    pub connections: u32,
+    /// Why it cannot work with us, if it cannot.
+    pub incompatible: Option<String>,
+}
+
+/// An incoming request, to be answered with [`Net::respond`].
+pub struct Incoming {
+    /// From whom.
+    pub peer: PeerId,
+    /// What.
+    pub request: Request,
+    /// Where the answer goes.
+    pub channel: ResponseChannel<Response>,
+}
+
+enum Cmd {
+    Send(PeerId, Request, oneshot::Sender<Result<Response, String>>),
+    Respond(ResponseChannel<Response>, Response),
+    Dial(Multiaddr),
+}
+
+/// Handle on the running transport.
+#[derive(Clone)]
+pub struct Net {
+    /// Our peer id.
+    pub local: PeerId,
+    tx: mpsc::UnboundedSender<Cmd>,
+    links: Arc<Mutex<BTreeMap<PeerId, PeerLink>>>,
+    listening: Arc<Mutex<Vec<Multiaddr>>>,
+}
+
+impl Net {
+    /// Sends a request and waits for the answer.
+    pub async fn request(&self, peer: PeerId, r: Request) -> anyhow::Result<Response> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Send(peer, r, tx))
+            .map_err(|_| anyhow::anyhow!("the network task stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the network task stopped"))?
+            .map_err(|e| anyhow::anyhow!("peer {peer}: {e}"))
+    }
+
+    /// Answers an incoming request.
+    pub fn respond(&self, channel: ResponseChannel<Response>, r: Response) {
+        let _ = self.tx.send(Cmd::Respond(channel, r));
+    }
+
+    /// Dials an address.
+    pub fn dial(&self, addr: Multiaddr) {
+        let _ = self.tx.send(Cmd::Dial(addr));
+    }
+
+    /// Connected peers.
+    pub fn links(&self) -> BTreeMap<PeerId, PeerLink> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Marks a peer incompatible (or compatible again with `None`).
+    pub fn set_incompatible(&self, peer: PeerId, why: Option<String>) {
+        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = l.get_mut(&peer) {
+            link.incompatible = why;
+        }
+    }
+
+    /// Addresses we listen on.
+    pub fn listening(&self) -> Vec<Multiaddr> {
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn transport(
+    key: &identity::Keypair,
+    psk: Option<[u8; 32]>,
+) -> anyhow::Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    let noise = noise::Config::new(key).context("setting up noise")?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    Ok(match psk {
+        Some(psk) => {
+            let psk = pnet::PreSharedKey::new(psk);
+            tcp.and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+                .boxed()
+        }
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+            .boxed(),
+    })
+}
+
+/// Starts the transport; incoming requests arrive on the returned channel.
+pub fn start(
+    key: identity::Keypair,
+    cfg: NetConfig,
+) -> anyhow::Result<(Net, mpsc::UnboundedReceiver<Incoming>)> {
+    let local = key.public().to_peer_id();
+    let transport = transport(&key, cfg.psk)?;
+    let mdns = if cfg.mdns {
+        let c = mdns::Config {
+            query_interval: Duration::from_secs(5),
+            ttl: Duration::from_secs(60),
+            ..Default::default()
+        };
+        Some(mdns::tokio::Behaviour::new(c, local).context("starting mDNS")?)
+    } else {
+        None
+    };
+    let behaviour = Behaviour {
+        rr: request_response::Behaviour::with_codec(
+            WireCodec,
+            [(StreamProtocol::new(wire::PROTOCOL), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(cfg.request_timeout),
+        ),
+        mdns: Toggle::from(mdns),
+    };
+    let mut swarm = libp2p::Swarm::new(
+        transport,
+        behaviour,
+        local,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(3600)),
+    );
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .with_context(|| format!("listening on {addr}"))?;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+    let (in_tx, in_rx) = mpsc::unbounded_channel::<Incoming>();
+    let net = Net {
+        local,
+        tx,
+        links: Arc::default(),
+        listening: Arc::default(),
+    };
+    let handle = net.clone();
+    let statics = cfg.peers.clone();
+    tokio::spawn(async move {
+        let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>> =
+            HashMap::new();
+        // Static peers we reached, by address: redial those not connected.
+        let mut static_peer: HashMap<Multiaddr, PeerId> = HashMap::new();
+        let mut redial = tokio::time::interval(Duration::from_secs(3));
+        loop {
+            tokio::select! {
+                _ = redial.tick() => {
+                    let links = handle.links();
+                    for a in &statics {
+                        let connected = static_peer.get(a).is_some_and(|p| links.contains_key(p));
+                        if !connected && let Err(e) = swarm.dial(a.clone()) {
+                            tracing::debug!("dialing {a}: {e}");
+                        }
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Send(peer, r, reply)) => {
+                        let id = swarm.behaviour_mut().rr.send_request(&peer, r);
+                        pending.insert(id, reply);
+                    }
+                    Some(Cmd::Respond(ch, r)) => {
+                        let _ = swarm.behaviour_mut().rr.send_response(ch, r);
+                    }
+                    Some(Cmd::Dial(a)) => {
+                        if let Err(e) = swarm.dial(a.clone()) {
+                            tracing::debug!("dialing {a}: {e}");
+                        }
+                    }
+                },
+                ev = swarm.select_next_some() => match ev {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        tracing::info!("listening on {address}/p2p/{local}");
+                        handle.listening.lock().unwrap_or_else(|e| e.into_inner()).push(address);
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                        let addr = endpoint.get_remote_address().clone();
+                        if endpoint.is_dialer() {
+                            let plain: Multiaddr = addr
+                                .iter()
+                                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                                .collect();
+                            static_peer.insert(plain, peer_id);
+                        }
+                        let mut l = handle.links.lock().unwrap_or_else(|e| e.into_inner());
+                        let link = l.entry(peer_id).or_default();
+                        link.connections += 1;
+                        if !link.addrs.contains(&addr) {
+                            link.addrs.push(addr);
+                        }
+                        tracing::debug!(peer = %peer_id, "connected");
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                        if num_established == 0 {
+                            handle.links.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer_id);
+                            tracing::debug!(peer = %peer_id, "disconnected");
+                        } else if let Some(link) = handle.links.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&peer_id) {
+                            link.connections = num_established;
+                        }
+                    }
+                    SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                        tracing::debug!(?peer_id, "connection failed: {error}");
+                    }
+                    SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                        tracing::warn!("incoming connection from {send_back_addr} failed: {error} (a different subnet key or protocol?)");
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                        let links = handle.links();
+                        for (peer, addr) in found {
+                            if peer != local && !links.contains_key(&peer) {
+                                tracing::info!(%peer, %addr, "discovered by mDNS");
+                                let _ = swarm.dial(addr);
+                            }
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(_))) => {}
+                    SwarmEvent::Behaviour(BehaviourEvent::Rr(e)) => match e {
+                        request_response::Event::Message { peer, message, .. } => match message {
+                            request_response::Message::Request { request, channel, .. } => {
+                                let _ = in_tx.send(Incoming { peer, request, channel });
+                            }
+                            request_response::Message::Response { request_id, response } => {
+                                if let Some(tx) = pending.remove(&request_id) {
+                                    let _ = tx.send(Ok(response));
+                                }
+                            }
+                        },
+                        request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                            let msg = error.to_string();
+                            if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
+                                let why = format!("does not speak {}", wire::PROTOCOL);
+                                tracing::warn!(%peer, "incompatible peer: {why}");
+                                handle.set_incompatible(peer, Some(why));
+                            }
+                            if let Some(tx) = pending.remove(&request_id) {
+                                let _ = tx.send(Err(msg));
+                            }
+                        }
+                        request_response::Event::InboundFailure { peer, error, .. } => {
+                            tracing::debug!(%peer, "inbound request failed: {error}");
+                        }
+                        request_response::Event::ResponseSent { .. } => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+    });
+    Ok((net, in_rx))
+}

@@ -1,0 +1,475 @@
+//! Subnet cooperation end to end: real `peerdelta agent run` daemons on
+//! loopback with explicit peer lists, a real `peerdelta dp serve`, bytes
+//! counted by the DP.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use peerdelta_tests::library::{Series, key_file, metric, publish, published_series};
+use peerdelta_tests::nginx::free_port;
+use peerdelta_tests::{DpServer, peerdelta, random_bytes, run_ok};
+
+const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
+
+/// A running agent daemon, killed when dropped.
+struct Agent {
+    name: String,
+    child: Option<Child>,
+    control: String,
+    cache: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Agent {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = run_ok(&mut peerdelta([
+            "status",
+            "--json",
+            "--control",
+            &self.control,
+        ]));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {out:?}: {e}"))
+    }
+
+    fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+struct Subnet {
+    agents: Vec<Agent>,
+}
+
+/// Starts `n` agents whose caches are `caches`, each listing all the others;
+/// `extra` goes at the top of the config, `agent_extra` in `[agent]`.
+fn start_agents(
+    s: &Series,
+    url: &str,
+    caches: &[PathBuf],
+    extra: &str,
+    agent_extra: &str,
+) -> Subnet {
+    start_agents_with(s, url, caches, extra, agent_extra, |_| None)
+}
+
+/// As [`start_agents`], with a `PEERDELTA_FAULT` per agent.
+fn start_agents_with(
+    s: &Series,
+    url: &str,
+    caches: &[PathBuf],
+    extra: &str,
+    agent_extra: &str,
+    fault: impl Fn(usize) -> Option<&'static str>,
+) -> Subnet {
+    let ports: Vec<u16> = caches.iter().map(|_| free_port()).collect();
+    let mut agents = Vec::new();
+    for (i, cache) in caches.iter().enumerate() {
+        let control = format!("127.0.0.1:{}", free_port());
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("\"/ip4/127.0.0.1/tcp/{p}\""))
+            .collect();
+        let cfg = s.dir.path().join(format!("agent{i}-{}.toml", ports[i]));
+        let log = cfg.with_extension("log");
+        fs::write(
+            &cfg,
+            format!(
+                "cache = {cache:?}\ndp = \"{url}\"\ndp_key = {key:?}\n{extra}\n[agent]\nname = \"a{i}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\npeers = [{peers}]\nmdns = false\ncontrol = \"{control}\"\nheartbeat_ms = 200\nmaster_timeout_ms = 1500\nsettle_ms = 800\n{agent_extra}",
+                key = key_file(&s.lib),
+                port = ports[i],
+                peers = peers.join(", "),
+            ),
+        )
+        .unwrap();
+        let mut cmd = peerdelta(["agent", "run", "--config"]);
+        if let Some(f) = fault(i) {
+            cmd.env("PEERDELTA_FAULT", f);
+        }
+        let child = cmd
+            .arg(&cfg)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        agents.push(Agent {
+            name: format!("a{i}"),
+            child: Some(child),
+            control,
+            cache: cache.clone(),
+            log,
+        });
+    }
+    // Wait for the control APIs and for everyone to see everyone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for a in &agents {
+        loop {
+            let ok = peerdelta(["status", "--json", "--control", &a.control])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .is_some_and(|s| {
+                    s["peers"].as_array().map_or(0, |p| {
+                        p.iter()
+                            .filter(|p| !p["name"].as_str().unwrap_or("").is_empty())
+                            .count()
+                    }) >= caches.len() - 1
+                });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw its peers:\n{}",
+                a.name,
+                a.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Subnet { agents }
+}
+
+/// A standalone `get` of `version` into `cache`.
+fn get_alone(s: &Series, url: &str, cache: &Path, version: u64) {
+    get_alone_pkg(s, url, cache, "app", version)
+}
+
+fn get_alone_pkg(s: &Series, url: &str, cache: &Path, package: &str, version: u64) {
+    run_ok(
+        peerdelta([
+            "get",
+            "--no-report",
+            "--quiet",
+            "--package",
+            package,
+            "--dp",
+            url,
+        ])
+        .arg("--version")
+        .arg(version.to_string())
+        .arg("--dp-key")
+        .arg(key_file(&s.lib))
+        .arg("--cache")
+        .arg(cache),
+    );
+}
+
+/// DP payload bytes of one agent alone getting v2 holding v1.
+fn single_run(s: &Series, dp: &DpServer) -> u64 {
+    single_run_pkg(s, dp, "app")
+}
+
+fn single_run_pkg(s: &Series, dp: &DpServer, package: &str) -> u64 {
+    let cache = s.dir.path().join(format!("single-{package}"));
+    get_alone_pkg(s, &dp.url(), &cache, package, 1);
+    let p0 = metric(&dp.addr, PAYLOAD);
+    get_alone_pkg(s, &dp.url(), &cache, package, 2);
+    metric(&dp.addr, PAYLOAD) - p0
+}
+
+/// Publishes package `big`: v1 a 24 MiB random file, v2 with 40 random
+/// regions of 200 kB replaced (about 8 MB of origin bytes, incompressible).
+fn publish_big(s: &Series) {
+    let mut data = random_bytes(100, 24 << 20);
+    for v in 1..=2u64 {
+        if v == 2 {
+            for k in 0..40usize {
+                let at = k * (600 << 10);
+                let fresh = random_bytes(200 + k as u64, 200_000);
+                data[at..at + fresh.len()].copy_from_slice(&fresh);
+            }
+        }
+        let src = s.dir.path().join(format!("big-src{v}"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("image.bin"), &data).unwrap();
+        let out = publish(&s.lib, "big", &src);
+        assert_eq!(out["version"], v);
+    }
+}
+
+/// Asks every agent for v2 of `app` at once (`peerdelta get --wait` through
+/// each daemon) and waits for all; returns each one's JSON answer.
+fn get_all(agents: &[&Agent]) -> Vec<serde_json::Value> {
+    wait_all(start_all(agents, "app"), agents)
+}
+
+type Pending = Vec<std::thread::JoinHandle<(bool, String, String)>>;
+
+fn start_all(agents: &[&Agent], package: &str) -> Pending {
+    agents
+        .iter()
+        .map(|a| {
+            let control = a.control.clone();
+            let package = package.to_owned();
+            std::thread::spawn(move || {
+                let out = peerdelta([
+                    "get",
+                    "--package",
+                    &package,
+                    "--version",
+                    "2",
+                    "--wait",
+                    "--json",
+                    "--control",
+                    &control,
+                ])
+                .output()
+                .unwrap();
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn wait_all(handles: Pending, agents: &[&Agent]) -> Vec<serde_json::Value> {
+    handles
+        .into_iter()
+        .zip(agents)
+        .map(|(h, a)| {
+            let (ok, out, err) = h.join().unwrap();
+            assert!(ok, "{}: get failed: {err}\n{}", a.name, a.logs());
+            serde_json::from_str(&out).unwrap()
+        })
+        .collect()
+}
+
+fn verify_cache(s: &Series, a: &Agent) {
+    let out = run_ok(
+        peerdelta(["cache", "list", "--json", "--cache"])
+            .arg(&a.cache)
+            .arg("--dp-key")
+            .arg(key_file(&s.lib)),
+    );
+    assert!(
+        out.contains("\"version\": 2") || out.contains("\"version\":2"),
+        "{}: {out}",
+        a.name
+    );
+    run_ok(
+        peerdelta(["cache", "verify", "--cache"])
+            .arg(&a.cache)
+            .arg("--dp-key")
+            .arg(key_file(&s.lib)),
+    );
+}
+
+fn masters(results: &[serde_json::Value]) -> usize {
+    results.iter().filter(|j| j["role"] == "master").count()
+}
+
+#[test]
+fn five_agents_one_wan_download() {
+    let s = published_series();
+    let dp = DpServer::start(&s.lib);
+    let single = single_run(&s, &dp);
+    let caches: Vec<PathBuf> = (0..5).map(|i| s.dir.path().join(format!("c{i}"))).collect();
+    for c in &caches {
+        get_alone(&s, &dp.url(), c, 1);
+    }
+    let net = start_agents(&s, &dp.url(), &caches, "", "");
+    let p0 = metric(&dp.addr, PAYLOAD);
+    let results = get_all(&net.agents.iter().collect::<Vec<_>>());
+    let wan = metric(&dp.addr, PAYLOAD) - p0;
+    eprintln!("single run {single} B; five agents {wan} B");
+    assert!(
+        wan as f64 <= 1.02 * single as f64,
+        "five agents cost the DP {wan} B, one alone {single} B"
+    );
+    assert_eq!(masters(&results), 1, "{results:#?}");
+    let lan: u64 = results
+        .iter()
+        .map(|j| j["summary"]["lan_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(lan > 0, "the peers took nothing over the LAN: {results:#?}");
+    for a in &net.agents {
+        verify_cache(&s, a);
+    }
+    // Status shows the election.
+    let st = net.agents[0].status();
+    let job = &st["jobs"][0];
+    assert!(
+        job["log"].as_array().is_some_and(|l| !l.is_empty()),
+        "{st:#}"
+    );
+    assert!(job["master"].is_string(), "{st:#}");
+}
+
+/// The master of `package` v2 as agent `a` sees it (a name like "a3").
+fn master_seen(a: &Agent, package: &str) -> Option<String> {
+    let st = a.status();
+    st["jobs"]
+        .as_array()?
+        .iter()
+        .find(|j| j["package"] == package)?["master"]
+        .as_str()
+        .map(|m| m.split(' ').next().unwrap_or(m).to_owned())
+}
+
+#[test]
+#[ignore = "known gap (issue 5 open): the transfer stalls after the master is killed"]
+fn master_killed_at_30_and_80_percent() {
+    let s = published_series();
+    publish_big(&s);
+    let dp = DpServer::start(&s.lib);
+    let single = single_run_pkg(&s, &dp, "big");
+    let caches: Vec<PathBuf> = (0..5).map(|i| s.dir.path().join(format!("k{i}"))).collect();
+    for c in &caches {
+        get_alone_pkg(&s, &dp.url(), c, "big", 1);
+    }
+    // Slow enough to kill the master mid-transfer: 512 KiB/s, one 64 KiB
+    // request at a time.
+    let mut net = start_agents(
+        &s,
+        &dp.url(),
+        &caches,
+        "[governor]\nmax_rate = \"512 KiB/s\"\n",
+        "concurrency = 1\nrequest_bytes = 65536\n",
+    );
+    let p0 = metric(&dp.addr, PAYLOAD);
+    let all: Vec<&Agent> = net.agents.iter().collect();
+    let pending = start_all(&all, "big");
+    let mut killed: Vec<String> = Vec::new();
+    for fraction in [0.3, 0.8] {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ((metric(&dp.addr, PAYLOAD) - p0) as f64) < fraction * single as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "the transfer stalled before {fraction}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let alive = net.agents.iter().find(|a| a.child.is_some()).unwrap();
+        let m = master_seen(alive, "big").expect("a master");
+        let victim = net.agents.iter_mut().find(|a| a.name == m).unwrap();
+        eprintln!("killing master {m} at {:.0}%", fraction * 100.0);
+        victim.kill();
+        killed.push(m);
+    }
+    // The killed agents' `get --wait` fail; the survivors' must succeed.
+    let mut results = Vec::new();
+    for (h, a) in pending.into_iter().zip(&net.agents) {
+        let (ok, out, err) = h.join().unwrap();
+        if killed.contains(&a.name) {
+            continue;
+        }
+        assert!(ok, "{}: get failed: {err}\n{}", a.name, a.logs());
+        results.push(serde_json::from_str::<serde_json::Value>(&out).unwrap());
+    }
+    let wan = metric(&dp.addr, PAYLOAD) - p0;
+    eprintln!(
+        "single run {single} B; five agents, two masters killed: {wan} B ({:.3}x)",
+        wan as f64 / single as f64
+    );
+    assert!(
+        wan as f64 <= 1.05 * single as f64,
+        "with two masters killed the DP sent {wan} B, one agent alone {single} B"
+    );
+    assert_eq!(results.len(), 3);
+    for a in net.agents.iter().filter(|a| !killed.contains(&a.name)) {
+        verify_cache(&s, a);
+        let st = a.status();
+        assert!(
+            st["reelections"].as_u64().unwrap_or(0) >= 2,
+            "{}: {st:#}",
+            a.name
+        );
+    }
+}
+
+#[test]
+#[ignore = "known gap (issue 5 open): pack frames need the base span as zstd reference; a master without the base fetches those runs raw (38.7 kB vs 15.9 kB)"]
+fn alt_copy_from_the_only_holder_of_v1() {
+    let s = published_series();
+    let dp = DpServer::start(&s.lib);
+    let single = single_run(&s, &dp);
+    let caches: Vec<PathBuf> = (0..4)
+        .map(|i| s.dir.path().join(format!("alt{i}")))
+        .collect();
+    // Only a0 holds v1.
+    get_alone(&s, &dp.url(), &caches[0], 1);
+    let net = start_agents(&s, &dp.url(), &caches, "", "");
+    let p0 = metric(&dp.addr, PAYLOAD);
+    // a1..a3 want v2; a0 is not a candidate, so not the master ...
+    let want: Vec<&Agent> = net.agents.iter().skip(1).collect();
+    let results = get_all(&want);
+    assert_eq!(masters(&results), 1, "{results:#?}");
+    let wan = metric(&dp.addr, PAYLOAD) - p0;
+    eprintln!("single run (holding v1) {single} B; alt-copy subnet {wan} B");
+    // ... and still only the origin runs cross the WAN: the seed runs came
+    // from a0's v1 over the LAN.
+    assert!(
+        wan as f64 <= 1.02 * single as f64,
+        "the subnet cost the DP {wan} B; an agent holding v1 alone {single} B"
+    );
+    let st = net.agents[0].status();
+    assert!(
+        st["lan_bytes_out"].as_u64().unwrap_or(0) > 1 << 20,
+        "a0 served no v1 blocks: {st:#}"
+    );
+    for a in &want {
+        verify_cache(&s, a);
+    }
+}
+
+#[test]
+#[ignore = "known gap (issue 5 open): after banning a corrupt master holding the target, the transfer does not finish"]
+fn malicious_peer_is_banned_and_the_transfer_completes() {
+    let s = published_series();
+    let dp = DpServer::start(&s.lib);
+    let caches: Vec<PathBuf> = (0..3)
+        .map(|i| s.dir.path().join(format!("mal{i}")))
+        .collect();
+    for c in &caches {
+        get_alone(&s, &dp.url(), c, 1);
+    }
+    // a0 holds v2 as well and serves everything corrupted; holding the
+    // target it is the master the others elect, and the one they must ban.
+    get_alone(&s, &dp.url(), &caches[0], 2);
+    let net = start_agents_with(&s, &dp.url(), &caches, "", "", |i| {
+        (i == 0).then_some("serve-corrupt")
+    });
+    let want: Vec<&Agent> = net.agents.iter().skip(1).collect();
+    let results = get_all(&want);
+    assert_eq!(results.len(), 2);
+    for a in &want {
+        verify_cache(&s, a);
+        let st = a.status();
+        assert!(
+            st["bans"].as_u64().unwrap_or(0) >= 1,
+            "{}: no ban: {st:#}",
+            a.name
+        );
+    }
+    // The DP heard about it.
+    let out = run_ok(peerdelta(["dp", "status", "--json", "--library"]).arg(&s.lib));
+    assert!(
+        out.contains("peer "),
+        "no hash-failure report naming a peer: {out}"
+    );
+}
