@@ -495,8 +495,39 @@ impl Cache {
             let _ = fs::remove_dir_all(&dir);
             report.evicted.push(name);
         }
+        if !report.evicted.is_empty() {
+            let still: HashSet<ContentHash> = live
+                .iter()
+                .flat_map(|x| x.files().map(|(_, f)| f.hash))
+                .collect();
+            self.prune_library(&still);
+        }
         report.bytes_after = total;
         Ok(report)
+    }
+
+    /// Removes kept needs lists whose target is no longer cached (they were
+    /// kept only to pass to peers building that target).
+    fn prune_library(&self, live: &HashSet<ContentHash>) {
+        let Ok(shards) = fs::read_dir(self.root.join("library").join("needs")) else {
+            return;
+        };
+        for file in shards
+            .flatten()
+            .filter_map(|d| fs::read_dir(d.path()).ok())
+            .flatten()
+            .flatten()
+        {
+            let name = file.file_name();
+            let target = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| n.split('-').nth(1))
+                .and_then(|t| t.parse::<ContentHash>().ok());
+            if target.is_some_and(|t| !live.contains(&t)) {
+                let _ = fs::remove_file(file.path());
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 //! against its BLAKE3 before it enters the cache, and a version is recorded
 //! only when all its contents are there.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -165,7 +165,8 @@ pub async fn get_with(
         (Some(k), _) => k,
         (None, Some(lan)) => lan_manifest(client, cache, key, opts, lan).await?,
         (None, None) => {
-            fetch_manifest(client, key, &opts.package, opts.version, Some(cache)).await?
+            let older = cached_manifests(cache, &opts.package);
+            fetch_manifest(client, key, &opts.package, opts.version, &older).await?
         }
     };
     let _in_use = cache.use_version(&manifest.package, manifest.version)?;
@@ -295,24 +296,59 @@ pub async fn lan_manifest(
         if let Some((peer, b)) = lan.manifest().await {
             match manifest::open_manifest(&b, key) {
                 Ok(m) if m.package == opts.package && m.version == version => return Ok((m, b)),
-                Ok(_) => lan.ban(peer, "sent the manifest of another version"),
-                Err(e) => lan.ban(peer, &format!("sent a manifest that does not verify: {e}")),
+                Ok(_) => {
+                    lan.ban(peer, "sent the manifest of another version");
+                }
+                Err(e) => {
+                    lan.ban(peer, &format!("sent a manifest that does not verify: {e}"));
+                }
             }
         }
         if lan.is_master() {
-            return fetch_manifest(client, key, &opts.package, Some(version), Some(cache)).await;
+            // Older manifests peers hold make the WAN carry a manifest delta.
+            let mut older = cached_manifests(cache, &opts.package);
+            let window =
+                version.saturating_sub(peerdelta_protocol::publish::WINDOW as u64)..version;
+            let wanted: Vec<u64> = window
+                .filter(|v| *v > 0 && !older.contains_key(v))
+                .collect();
+            for v in wanted {
+                if let Some((peer, b)) = lan.manifest_of(v).await {
+                    match manifest::open_manifest(&b, key) {
+                        Ok(m) if m.package == opts.package && m.version == v => {
+                            older.insert(v, b);
+                        }
+                        _ => {
+                            lan.ban(peer, &format!("sent a bad manifest for v{v}"));
+                        }
+                    }
+                }
+            }
+            return fetch_manifest(client, key, &opts.package, Some(version), &older).await;
         }
         lan.wait(Duration::from_millis(300)).await;
     }
 }
 
-/// Fetches and verifies the index and the manifest of `version` (or the newest).
+/// The signed manifests of `package` the cache holds, by version (bases for
+/// manifest deltas).
+pub fn cached_manifests(cache: &Cache, package: &PackageName) -> BTreeMap<u64, Vec<u8>> {
+    cache
+        .versions_of(package)
+        .into_iter()
+        .filter_map(|v| Some((v, cache.manifest_raw(package, v)?)))
+        .collect()
+}
+
+/// Fetches and verifies the index and the manifest of `version` (or the
+/// newest); `older` are manifests of the package at hand (a delta from one
+/// of them is fetched when the DP has it; each is checked by hash).
 pub async fn fetch_manifest(
     client: &DpClient,
     key: &VerifyingKey,
     package: &PackageName,
     version: Option<u64>,
-    cache: Option<&Cache>,
+    older: &BTreeMap<u64, Vec<u8>>,
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let index_bytes = match client.get_bytes(&layout::index(package), 64 << 20).await {
         Ok(b) => b,
@@ -336,13 +372,8 @@ pub async fn fetch_manifest(
     };
     // Held already, or as a delta from a held manifest, or compressed; any
     // of these that does not give the indexed hash falls back to the plain file.
-    let held = cache.map(|c| c.versions_of(package)).unwrap_or_default();
-    let raw = |v: u64| {
-        cache
-            .and_then(|c| c.manifest_raw(package, v))
-            .unwrap_or_default()
-    };
-    let fetch = entry.manifest_fetch(|v| held.contains(&v));
+    let raw = |v: u64| older.get(&v).cloned().unwrap_or_default();
+    let fetch = entry.manifest_fetch(|v| older.contains_key(&v));
     let (v, limit) = (entry.version, entry.manifest_len as usize);
     let first: anyhow::Result<Vec<u8>> = match fetch {
         ManifestFetch::Held => Ok(raw(v)),
@@ -593,8 +624,9 @@ async fn small_from_lan(
         }
         ctx.failures.fetch_add(1, Ordering::Relaxed);
         let detail = format!("peer {p} sent content {} with the wrong hash", f.hash);
-        lan.ban(*p, &detail);
-        report_failure(ctx, f.hash, &format!("peer {p}"), &detail).await;
+        if lan.ban(*p, &detail) {
+            report_failure(ctx, f.hash, &format!("peer {p}"), &detail).await;
+        }
     }
     Ok(None)
 }
@@ -629,9 +661,8 @@ async fn library_file(
         }
         break b;
     };
-    if ctx.lan.is_some()
-        && let Err(e) = ctx.cache.keep_library_file(rel, &b)
-    {
+    // Kept: a later daemon on this machine serves it to peers.
+    if let Err(e) = ctx.cache.keep_library_file(rel, &b) {
         tracing::warn!("keeping {rel} for peers: {e:#}");
     }
     Ok(b)
@@ -661,16 +692,21 @@ impl Journal {
         let mut raw = Vec::new();
         file.read_to_end(&mut raw)
             .with_context(|| format!("reading {}", path.display()))?;
-        let done = parse_journal(&raw);
+        let done = peerdelta_protocol::swarm::merge(&parse_journal(&raw));
         Ok(Journal {
             file: Mutex::new(file),
             done: Mutex::new(done),
         })
     }
 
+    /// Whether the verified ranges (kept merged: sorted and disjoint) cover `r`.
     fn covers(&self, r: std::ops::Range<u64>) -> bool {
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        covered(&done, r)
+        let i = done.partition_point(|(o, _)| *o <= r.start);
+        r.is_empty()
+            || i.checked_sub(1)
+                .and_then(|i| done.get(i))
+                .is_some_and(|(o, l)| o + l >= r.end)
     }
 
     /// Records ranges whose bytes are already written and fsynced.
@@ -687,10 +723,9 @@ impl Journal {
         f.write_all(&buf)
             .and_then(|()| f.sync_data())
             .context("writing the journal")?;
-        self.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(ranges);
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.extend_from_slice(ranges);
+        *done = peerdelta_protocol::swarm::merge(&done);
         Ok(())
     }
 }
@@ -716,27 +751,6 @@ pub fn partial_coverage(cache: &Cache, h: &ContentHash) -> (Vec<(u64, u64)>, Pat
         .map(|raw| peerdelta_protocol::swarm::merge(&parse_journal(&raw)))
         .unwrap_or_default();
     (ranges, dir.join("data"))
-}
-
-/// Whether the union of `done` covers `r`.
-fn covered(done: &[(u64, u64)], r: std::ops::Range<u64>) -> bool {
-    let mut sorted: Vec<(u64, u64)> = done
-        .iter()
-        .copied()
-        .filter(|(o, l)| o + l > r.start && *o < r.end)
-        .collect();
-    sorted.sort_unstable();
-    let mut at = r.start;
-    for (o, l) in sorted {
-        if o > at {
-            return false;
-        }
-        at = at.max(o + l);
-        if at >= r.end {
-            return true;
-        }
-    }
-    at >= r.end
 }
 
 /// Builds a content from a needs list (or its pieces file, `base = None`).
@@ -790,12 +804,32 @@ async fn rebuild(
 
     // The subnet: every run a peer holds, seed runs alt-copied from a peer
     // holding the base; a non-master waits here until the subnet has it all.
+    // A master without the base copies it from a holder first: the pack's
+    // frames are compressed against base bytes, so building like an agent
+    // that holds the base keeps the WAN bytes those of the single run.
+    let origin = nf.origin_runs();
+    let origin_left = |j: &Journal| origin.iter().any(|r| !j.covers(r.target_range()));
     if let Some(lan) = ctx.lan {
+        if let Some(b) = base
+            && lan.is_master()
+            && nf.pack.is_some()
+            && origin_left(&journal)
+            && base_from_lan(ctx, lan, b).await?
+        {
+            blocking(|| copy_seed_runs(ctx, b, &runs, &journal, &data, &data_path))?;
+        }
         lan_runs(ctx, lan, f, base, &runs, &journal, &data).await?;
+        // Master only now (re-elected mid-transfer): the same.
+        if let Some(b) = base
+            && nf.pack.is_some()
+            && origin_left(&journal)
+            && base_from_lan(ctx, lan, b).await?
+        {
+            blocking(|| copy_seed_runs(ctx, b, &runs, &journal, &data, &data_path))?;
+        }
     }
 
     // Origin runs: from the pack when there is one, then raw for whatever is left.
-    let origin = nf.origin_runs();
     let missing: Vec<usize> = (0..origin.len())
         .filter(|&i| !journal.covers(origin[i].target_range()))
         .collect();
@@ -1034,8 +1068,9 @@ async fn lan_runs(
                     ctx.failures.fetch_add(1, Ordering::Relaxed);
                     let detail =
                         format!("peer {peer}: bytes of {content} failed verification: {detail}");
-                    lan.ban(peer, &detail);
-                    report_failure(ctx, f.hash, &format!("peer {peer}"), &detail).await;
+                    if lan.ban(peer, &detail) {
+                        report_failure(ctx, f.hash, &format!("peer {peer}"), &detail).await;
+                    }
                 }
                 Ok(n)
             })
@@ -1050,6 +1085,57 @@ async fn lan_runs(
             lan.wait(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Makes `base` local: already cached, or copied whole from a peer that
+/// holds it, verified against its hash (a peer whose copy fails is banned).
+/// `false` when no peer could give it.
+async fn base_from_lan(ctx: &Ctx<'_>, lan: &Lan, base: ContentHash) -> Result<bool, JobError> {
+    if ctx.cache.has(&base) {
+        return Ok(true);
+    }
+    let holders = lan.holders(&[base]).await.remove(&base).unwrap_or_default();
+    for peer in holders {
+        let len = match lan.coverage(&base).await.remove(&peer).as_deref() {
+            Some([(0, len)]) => *len,
+            _ => continue,
+        };
+        let tmp = ctx.cache.tmp_path("base");
+        let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(peerdelta_protocol::wire::MAX_RANGE);
+            match lan.range(peer, base, at, n).await {
+                Some(b) if b.len() as u64 == n => {
+                    out.write_all_at(&b, at)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    at += n;
+                }
+                _ => break,
+            }
+        }
+        drop(out);
+        if at < len {
+            let _ = fs::remove_file(&tmp);
+            continue;
+        }
+        match blocking(|| verify_file(&tmp, &base)) {
+            Ok(v) => {
+                ctx.cache.insert(v)?;
+                tracing::info!(%peer, %base, bytes = len, "base content copied from a peer");
+                return Ok(true);
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                ctx.failures.fetch_add(1, Ordering::Relaxed);
+                let detail = format!("peer {peer}: base content {base} failed verification: {e:#}");
+                if lan.ban(peer, &detail) {
+                    report_failure(ctx, base, &format!("peer {peer}"), &detail).await;
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Copies the seed runs not yet journaled from the local base into `data`,
@@ -1481,13 +1567,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coverage() {
-        let done = [(0, 10), (10, 5), (20, 10)];
-        assert!(covered(&done, 0..15));
-        assert!(covered(&done, 3..12));
-        assert!(!covered(&done, 14..21));
-        assert!(covered(&done, 20..30));
-        assert!(!covered(&done, 25..31));
-        assert!(!covered(&[], 0..1));
+    fn journal_coverage_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("pd-journal-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("journal");
+        let j = Journal::open(&path).unwrap();
+        assert!(!j.covers(0..1));
+        assert!(j.covers(5..5));
+        j.record(&[(20, 10), (0, 10)]).unwrap();
+        j.record(&[(10, 5)]).unwrap();
+        for j in [j, Journal::open(&path).unwrap()] {
+            assert!(j.covers(0..15));
+            assert!(j.covers(3..12));
+            assert!(!j.covers(14..21));
+            assert!(j.covers(20..30));
+            assert!(!j.covers(25..31));
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -101,7 +101,8 @@ impl Lan {
 
     /// Bans a peer for this transfer (it also stops being a candidate in
     /// this version's election, so a master that serves bad data is replaced).
-    pub fn ban(&self, peer: PeerId, why: &str) {
+    /// Returns whether it is a new ban (report it once).
+    pub fn ban(&self, peer: PeerId, why: &str) -> bool {
         let new = self
             .banned
             .lock()
@@ -111,6 +112,7 @@ impl Lan {
             self.counters.bans.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, package = %self.package, version = self.version, "banned for this transfer: {why}");
         }
+        new
     }
 
     async fn ask(&self, peer: PeerId, r: Request) -> Option<Response> {
@@ -133,10 +135,15 @@ impl Lan {
 
     /// The signed manifest from any peer that has it (the caller verifies it).
     pub async fn manifest(&self) -> Option<(PeerId, Vec<u8>)> {
+        self.manifest_of(self.version).await
+    }
+
+    /// The signed manifest of another version of the package (a delta base).
+    pub async fn manifest_of(&self, version: u64) -> Option<(PeerId, Vec<u8>)> {
         for p in self.peers() {
             let r = Request::Manifest {
                 package: self.package.clone(),
-                version: self.version,
+                version,
             };
             if let Some(Response::Bytes(b)) = self.ask(p, r).await {
                 self.got(b.len());

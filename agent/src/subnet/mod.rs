@@ -133,6 +133,8 @@ pub struct Daemon {
     elections: AtomicU64,
     reelections: AtomicU64,
     epoch: Instant,
+    /// One DP fetch for peers at a time (so two asking at once cost one).
+    fetching_for_peers: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,6 +206,7 @@ impl Daemon {
             elections: AtomicU64::new(0),
             reelections: AtomicU64::new(0),
             epoch: Instant::now(),
+            fetching_for_peers: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(serve_peers(d.clone(), incoming));
         tokio::spawn(heartbeats(d.clone()));
@@ -236,6 +239,7 @@ impl Daemon {
     }
 
     fn new_job(&self, package: &PackageName, version: u64, requested: bool) -> Job {
+        let signed = self.cache.manifest_raw(package, version);
         let rank = self.rank(package, version, None);
         let (role, _) = watch::channel(false);
         Job {
@@ -255,8 +259,11 @@ impl Daemon {
                 held_bytes: 0,
                 total_bytes: 0,
             },
-            manifest: None,
-            signed: None,
+            // A holder knows the manifest from its cache.
+            manifest: signed
+                .as_deref()
+                .and_then(|raw| peerdelta_protocol::manifest::open_manifest(raw, &self.key).ok()),
+            signed,
             requested,
             banned: Arc::default(),
         }
@@ -641,18 +648,78 @@ async fn serve_peers(d: Arc<Daemon>, mut incoming: tokio::sync::mpsc::UnboundedR
         let d = d.clone();
         tokio::spawn(async move {
             let peer = i.peer;
+            let rel = match &i.request {
+                Request::File { rel } => Some(rel.clone()),
+                _ => None,
+            };
             let r = tokio::task::spawn_blocking({
                 let d = d.clone();
                 move || answer(&d, peer, i.request)
             })
             .await
             .unwrap_or_else(|e| Response::Refused(format!("internal error: {e}")));
+            let r = match (r, rel) {
+                (Response::NotFound, Some(rel)) => match fetch_for_peers(&d, &rel).await {
+                    Some(b) => Response::Bytes(b),
+                    None => Response::NotFound,
+                },
+                (r, _) => r,
+            };
             if let Response::Bytes(b) = &r {
                 d.lan.bytes_out.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
             d.net.respond(i.channel, r);
         });
     }
+}
+
+/// A needs list or pieces file a peer asked for and we do not keep: as
+/// master of a version whose manifest lists it, we fetch it from the DP
+/// (once for the subnet), verify it and keep it. A master that holds the
+/// target complete, e.g., got it alone, has no needs lists until a peer asks.
+async fn fetch_for_peers(d: &Daemon, rel: &str) -> Option<Vec<u8>> {
+    let listed = lock(&d.jobs)
+        .values()
+        .filter(|j| j.election.is_master())
+        .find_map(|j| library_entry(j.manifest.as_ref()?, rel))?;
+    let _one = d.fetching_for_peers.lock().await;
+    if let Some(Ok(b)) = d.cache.library_file(rel).map(std::fs::read)
+        && ContentHash::of(&b) == listed.0
+    {
+        return Some(b);
+    }
+    match d.client.get_sized(rel, listed.1).await {
+        Ok(b) if ContentHash::of(&b) == listed.0 => {
+            if let Err(e) = d.cache.keep_library_file(rel, &b) {
+                tracing::warn!("keeping {rel}: {e:#}");
+            }
+            Some(b)
+        }
+        Ok(_) => {
+            tracing::warn!("{rel} from the DP does not match the manifest");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("fetching {rel} for peers: {e:#}");
+            None
+        }
+    }
+}
+
+/// The hash and length of library file `rel` if manifest `m` lists it.
+fn library_entry(m: &Manifest, rel: &str) -> Option<(ContentHash, u64)> {
+    use peerdelta_protocol::layout;
+    m.files().find_map(|(_, f)| {
+        f.needs
+            .iter()
+            .find(|n| layout::needs(&n.base, &f.hash) == rel)
+            .map(|n| (n.file_hash, n.file_len))
+            .or_else(|| {
+                f.pieces
+                    .filter(|_| layout::needs(&ContentHash::EMPTY, &f.hash) == rel)
+                    .map(|p| (p.file_hash, p.file_len))
+            })
+    })
 }
 
 fn answer(d: &Daemon, peer: PeerId, r: Request) -> Response {
