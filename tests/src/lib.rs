@@ -7,6 +7,7 @@
 
 pub mod fixtures;
 pub mod library;
+pub mod netns;
 pub mod nginx;
 
 use std::path::{Path, PathBuf};

@@ -4,10 +4,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use peerdelta_tests::library::{Series, key_file, metric, publish, published_series};
+use peerdelta_tests::netns;
 use peerdelta_tests::nginx::free_port;
 use peerdelta_tests::{DpServer, peerdelta, random_bytes, run_ok};
 
@@ -20,6 +21,8 @@ struct Agent {
     control: String,
     cache: PathBuf,
     log: PathBuf,
+    /// The network namespace it runs in (its control API is there).
+    netns: Option<String>,
 }
 
 impl Drop for Agent {
@@ -39,14 +42,34 @@ impl Agent {
         }
     }
 
+    /// A `peerdelta` command run where this agent runs.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let c = peerdelta(args);
+        match &self.netns {
+            Some(ns) => netns::exec(ns, &c),
+            None => c,
+        }
+    }
+
     fn status(&self) -> serde_json::Value {
-        let out = run_ok(&mut peerdelta([
-            "status",
-            "--json",
-            "--control",
-            &self.control,
-        ]));
+        let out = run_ok(&mut self.cmd(&["status", "--json", "--control", &self.control]));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {out:?}: {e}"))
+    }
+
+    /// Named peers in its status.
+    fn peers_seen(&self) -> usize {
+        self.cmd(&["status", "--json", "--control", &self.control])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .map_or(0, |s| {
+                s["peers"].as_array().map_or(0, |p| {
+                    p.iter()
+                        .filter(|p| !p["name"].as_str().unwrap_or("").is_empty())
+                        .count()
+                })
+            })
     }
 
     fn logs(&self) -> String {
@@ -89,56 +112,79 @@ fn start_agents_with(
             .filter(|(j, _)| *j != i)
             .map(|(_, p)| format!("\"/ip4/127.0.0.1/tcp/{p}\""))
             .collect();
-        let cfg = s.dir.path().join(format!("agent{i}-{}.toml", ports[i]));
-        let log = cfg.with_extension("log");
-        fs::write(
-            &cfg,
-            format!(
-                "cache = {cache:?}\ndp = \"{url}\"\ndp_key = {key:?}\n{extra}\n[agent]\nname = \"a{i}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\npeers = [{peers}]\nmdns = false\ncontrol = \"{control}\"\nheartbeat_ms = 200\nmaster_timeout_ms = 1500\nsettle_ms = 800\n{agent_extra}",
-                key = key_file(&s.lib),
-                port = ports[i],
-                peers = peers.join(", "),
-            ),
-        )
-        .unwrap();
-        let mut cmd = peerdelta(["agent", "run", "--config"]);
-        if let Some(f) = fault(i) {
-            cmd.env("PEERDELTA_FAULT", f);
-        }
-        let child = cmd
-            .arg(&cfg)
-            .env("RUST_LOG", "info,libp2p=warn")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        agents.push(Agent {
-            name: format!("a{i}"),
-            child: Some(child),
-            control,
-            cache: cache.clone(),
-            log,
-        });
+        let net = format!(
+            "listen = [\"/ip4/127.0.0.1/tcp/{port}\"]\npeers = [{peers}]\nmdns = false\n{agent_extra}",
+            port = ports[i],
+            peers = peers.join(", "),
+        );
+        agents.push(spawn_agent(
+            s,
+            url,
+            i,
+            cache,
+            &control,
+            extra,
+            &net,
+            None,
+            fault(i),
+        ));
     }
-    // Wait for the control APIs and for everyone to see everyone.
+    wait_for_peers(&agents);
+    Subnet { agents }
+}
+
+/// Starts agent `i` (`a{i}`): `extra` at the top of its config, `net` in `[agent]`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_agent(
+    s: &Series,
+    url: &str,
+    i: usize,
+    cache: &Path,
+    control: &str,
+    extra: &str,
+    net: &str,
+    netns: Option<&str>,
+    fault: Option<&str>,
+) -> Agent {
+    let cfg = s.dir.path().join(format!("agent{i}-{}.toml", free_port()));
+    let log = cfg.with_extension("log");
+    fs::write(
+        &cfg,
+        format!(
+            "cache = {cache:?}\ndp = \"{url}\"\ndp_key = {key:?}\n{extra}\n[agent]\nname = \"a{i}\"\ncontrol = \"{control}\"\nheartbeat_ms = 200\nmaster_timeout_ms = 1500\nsettle_ms = 800\n{net}",
+            key = key_file(&s.lib),
+        ),
+    )
+    .unwrap();
+    let mut cmd = peerdelta(["agent", "run", "--config"]);
+    cmd.arg(&cfg).env("RUST_LOG", "info,libp2p=warn");
+    if let Some(f) = fault {
+        cmd.env("PEERDELTA_FAULT", f);
+    }
+    let mut cmd = match netns {
+        Some(ns) => netns::exec(ns, &cmd),
+        None => cmd,
+    };
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Agent {
+        name: format!("a{i}"),
+        child: Some(child),
+        control: control.to_owned(),
+        cache: cache.to_owned(),
+        log,
+        netns: netns.map(str::to_owned),
+    }
+}
+
+/// Waits for the control APIs and for everyone to see everyone.
+fn wait_for_peers(agents: &[Agent]) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    for a in &agents {
-        loop {
-            let ok = peerdelta(["status", "--json", "--control", &a.control])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                .is_some_and(|s| {
-                    s["peers"].as_array().map_or(0, |p| {
-                        p.iter()
-                            .filter(|p| !p["name"].as_str().unwrap_or("").is_empty())
-                            .count()
-                    }) >= caches.len() - 1
-                });
-            if ok {
-                break;
-            }
+    for a in agents {
+        while a.peers_seen() < agents.len() - 1 {
             assert!(
                 Instant::now() < deadline,
                 "{} never saw its peers:\n{}",
@@ -148,7 +194,6 @@ fn start_agents_with(
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    Subnet { agents }
 }
 
 /// A standalone `get` of `version` into `cache`.
@@ -222,22 +267,19 @@ fn start_all(agents: &[&Agent], package: &str) -> Pending {
     agents
         .iter()
         .map(|a| {
-            let control = a.control.clone();
-            let package = package.to_owned();
+            let mut cmd = a.cmd(&[
+                "get",
+                "--package",
+                package,
+                "--version",
+                "2",
+                "--wait",
+                "--json",
+                "--control",
+                &a.control,
+            ]);
             std::thread::spawn(move || {
-                let out = peerdelta([
-                    "get",
-                    "--package",
-                    &package,
-                    "--version",
-                    "2",
-                    "--wait",
-                    "--json",
-                    "--control",
-                    &control,
-                ])
-                .output()
-                .unwrap();
+                let out = cmd.output().unwrap();
                 (
                     out.status.success(),
                     String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -470,4 +512,84 @@ fn malicious_peer_is_banned_and_the_transfer_completes() {
         out.contains("peer "),
         "no hash-failure report naming a peer: {out}"
     );
+}
+
+#[test]
+fn agents_on_a_bridge_find_each_other_by_mdns() {
+    let seg = match netns::Segment::create(3) {
+        Ok(seg) => seg,
+        Err(why) => {
+            eprintln!(
+                "skipped: network namespaces are not available here ({why}); this test needs root and iproute2"
+            );
+            return;
+        }
+    };
+    let s = published_series();
+    // The DP on the bridge (the segment's gateway), so every host reaches it.
+    let (_dp, addr) = peerdelta_tests::start_until(
+        peerdelta([
+            "dp",
+            "serve",
+            "--listen",
+            &format!("{}:0", seg.gateway()),
+            "--library",
+        ])
+        .arg(&s.lib),
+        "listening on http://",
+    );
+    let url = format!("http://{addr}");
+    let caches: Vec<PathBuf> = (0..3)
+        .map(|i| s.dir.path().join(format!("ns{i}")))
+        .collect();
+    for c in &caches {
+        get_alone(&s, &url, c, 1);
+    }
+    // No peer list: the same port and control address in every namespace.
+    let net = "listen = [\"/ip4/0.0.0.0/tcp/7118\"]\npeers = []\nmdns = true\n";
+    let agents: Vec<Agent> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            spawn_agent(
+                &s,
+                &url,
+                i,
+                c,
+                "127.0.0.1:7117",
+                "",
+                net,
+                Some(&seg.hosts[i]),
+                None,
+            )
+        })
+        .collect();
+    wait_for_peers(&agents);
+    for (i, a) in agents.iter().enumerate() {
+        let st = a.status();
+        let addrs: Vec<String> = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["addrs"].as_array().cloned().unwrap_or_default())
+            .map(|a| a.as_str().unwrap_or("").to_owned())
+            .collect();
+        // Found on the bridge, not on loopback.
+        let others: Vec<String> = (0..3).filter(|j| *j != i).map(|j| seg.addr(j)).collect();
+        assert!(
+            others
+                .iter()
+                .all(|o| addrs.iter().any(|a| a.contains(o.as_str()))),
+            "{}: peers at {addrs:?}, expected {others:?}",
+            a.name
+        );
+    }
+    let p0 = metric(&addr, PAYLOAD);
+    let results = get_all(&agents.iter().collect::<Vec<_>>());
+    assert_eq!(masters(&results), 1, "{results:#?}");
+    let wan = metric(&addr, PAYLOAD) - p0;
+    eprintln!("three agents on a bridge, found by mDNS: DP sent {wan} B");
+    for a in &agents {
+        verify_cache(&s, a);
+    }
 }
