@@ -10,7 +10,7 @@ use peerdelta_protocol::manifest::PackageName;
 
 use crate::cache::Cache;
 use crate::client::{DpClient, RetryPolicy};
-use crate::config::{ConfigFile, default_cache_dir, load_key};
+use crate::config::{AgentFile, ConfigFile, default_cache_dir, load_key};
 use crate::get::GetOptions;
 use crate::logging::{self, LogFormat};
 use crate::subnet::control::{self, ControlClient};
@@ -42,6 +42,24 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// The options of the daemon's transfers (package and version are set per transfer).
+pub fn transfer_options(agent: &AgentFile, name: &str) -> anyhow::Result<GetOptions> {
+    Ok(GetOptions {
+        package: PackageName::new("placeholder").map_err(|e| anyhow::anyhow!("{e}"))?,
+        version: None,
+        out: None,
+        link: false,
+        concurrency: agent.concurrency.clamp(1, 64),
+        limits: RequestLimits {
+            max_ranges: 64,
+            max_bytes: agent.request_bytes.max(16 << 10),
+        },
+        progress: false,
+        agent: name.to_owned(),
+        report: true,
+    })
 }
 
 /// Runs an `agent` subcommand.
@@ -84,20 +102,7 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| usage!("agent.control {:?}: {e}", cfg.agent.control))?;
     let name = cfg.agent.name.clone().unwrap_or_else(super::get::host_name);
-    let get = GetOptions {
-        package: PackageName::new("placeholder").map_err(|e| anyhow::anyhow!("{e}"))?,
-        version: None,
-        out: None,
-        link: false,
-        concurrency: cfg.agent.concurrency.clamp(1, 64),
-        limits: RequestLimits {
-            max_ranges: 64,
-            max_bytes: cfg.agent.request_bytes.max(16 << 10),
-        },
-        progress: false,
-        agent: name.clone(),
-        report: true,
-    };
+    let get = transfer_options(&cfg.agent, &name)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

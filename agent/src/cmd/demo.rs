@@ -1,24 +1,34 @@
-//! `peerdelta demo`: the README's first command. For now it shows the RDC
-//! core on a generated package file: an old and a new version with typical
-//! edits, the recursive needs list, the rebuild, and the bytes saved.
+//! `peerdelta demo`: the README's first command. On this machine, with
+//! nothing set up: a DP (a library, a key pair, an HTTP origin on loopback)
+//! publishes two versions of a generated package, and a branch subnet of
+//! agent daemons (real libp2p on loopback, static peer lists) gets v1 and
+//! then v2. The DP's own counters show what crossed the "WAN": one download
+//! per subnet, and for v2 only the delta.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail};
 use clap::Args;
-use peerdelta_protocol::needs::{SeedLevels, apply, recursive_needs, summarize};
-use peerdelta_protocol::rdc::{LevelParams, MAX_LEVELS, depth_for};
+use peerdelta_protocol::manifest::PackageName;
 
-use super::rdc::sign_file;
-use crate::fsutil::FileSource;
+use crate::cache::Cache;
+use crate::client::{DpClient, RetryPolicy};
+use crate::config::{AgentFile, ConfigFile};
+use crate::dp::library::Library;
+use crate::dp::publish::{PublishOptions, publish};
+use crate::subnet::{Daemon, DaemonConfig};
 
 /// Arguments of `peerdelta demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Size of the generated file in MiB.
+    /// Size of the package's large file in MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     mib: u64,
+    /// Agents on the branch subnet.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=32))]
+    agents: u64,
     /// Keep the files in this directory instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -26,7 +36,7 @@ pub struct DemoArgs {
 
 /// Deterministic bytes that look like a package: runs of text-like and
 /// binary-like data.
-fn package(len: usize, seed: u64) -> Vec<u8> {
+fn package_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -68,7 +78,7 @@ fn next_version(old: &[u8]) -> Vec<u8> {
     let n = old.len();
     let mut new = Vec::with_capacity(n + 100_000);
     new.extend_from_slice(&old[..n / 5]);
-    new.extend_from_slice(&package(40_000, 7)); // inserted code
+    new.extend_from_slice(&package_bytes(40_000, 7)); // inserted code
     new.extend_from_slice(&old[n / 5..n / 2]);
     new.extend_from_slice(&old[n / 2 + 30_000..3 * n / 4]); // 30 KB deleted
     new.extend_from_slice(&old[n - n / 20..]); // the tail moved up
@@ -82,6 +92,7 @@ fn next_version(old: &[u8]) -> Vec<u8> {
 
 /// Runs the demo.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
+    crate::logging::init(crate::logging::LogFormat::Text, "warn");
     let (dir, temporary) = match a.dir {
         Some(d) => (d, false),
         None => (
@@ -90,80 +101,239 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         ),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = demo(&dir, (a.mib << 20) as usize);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = rt.block_on(demo(&dir, (a.mib << 20) as usize, a.agents as usize));
+    rt.shutdown_timeout(Duration::from_secs(2));
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-fn demo(dir: &std::path::Path, len: usize) -> anyhow::Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (v1, v2, out) = (
-        dir.join("package-v1.bin"),
-        dir.join("package-v2.bin"),
-        dir.join("rebuilt-v2.bin"),
-    );
-    println!(
-        "peerdelta demo: MS-RDC differential update of one {} MiB package file",
-        len >> 20
-    );
-    let old = package(len, 42);
-    let new = next_version(&old);
-    std::fs::write(&v1, &old).with_context(|| format!("writing {}", v1.display()))?;
-    std::fs::write(&v2, &new).with_context(|| format!("writing {}", v2.display()))?;
-    println!(
-        "  v1: {} bytes   v2: {} bytes   ({})",
-        old.len(),
-        new.len(),
-        dir.display()
-    );
-
-    let params = LevelParams::default();
-    let t = Instant::now();
-    let mut source = sign_file(&v2, params, MAX_LEVELS, threads, true, &mut |_, _| {})?;
-    source.files.truncate(depth_for(&source.sizes()));
-    let seed = SeedLevels::from_files(sign_file(
-        &v1,
-        params,
-        MAX_LEVELS,
-        threads,
-        true,
-        &mut |_, _| {},
-    )?)?;
-    let sign_secs = t.elapsed().as_secs_f64();
-    let outcome = recursive_needs(&source, &seed, params)?;
-    let sum = summarize(&outcome.needs);
-    println!(
-        "  signed both versions on {threads} threads in {sign_secs:.2} s ({:.0} MB/s)",
-        (old.len() + new.len()) as f64 / sign_secs / 1e6
-    );
-    for l in &outcome.levels {
-        println!(
-            "  signature level {}: {:>9} bytes, {:>9} sent",
-            l.level, l.file_bytes, l.transferred_bytes
-        );
+/// Writes version `v` of the demo package's tree into `dir`.
+fn write_tree(dir: &Path, v: u64, big: &[u8]) -> anyhow::Result<()> {
+    let manual = package_bytes(300_000, 5);
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("setup/app.bin", big.to_vec()),
+        (
+            "setup/readme.txt",
+            b"Install with setup/app.bin.\n".to_vec(),
+        ),
+        (
+            "config/defaults.ini",
+            format!("[app]\nversion = {v}\nupdate_channel = stable\n").into_bytes(),
+        ),
+    ];
+    // v2 renames the manual: a rename costs nothing.
+    files.push((
+        if v == 1 {
+            "docs/manual.txt"
+        } else {
+            "docs/guide.txt"
+        },
+        manual,
+    ));
+    for (rel, bytes) in files {
+        let path = dir.join(rel);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!(
-        "  needs list: {} runs, {} bytes from v1, {} bytes from the source",
-        sum.needs, sum.seed_bytes, sum.source_bytes
-    );
+    Ok(())
+}
 
-    let seed_src = FileSource::open(&v1)?;
-    let source_src = FileSource::open(&v2)?;
-    let mut rebuilt = Vec::with_capacity(new.len());
-    apply(&outcome.needs, &seed_src, &source_src, &mut |b| {
-        rebuilt.extend_from_slice(b)
-    })?;
-    std::fs::write(&out, &rebuilt).with_context(|| format!("writing {}", out.display()))?;
-    ensure!(rebuilt == new, "the rebuilt file differs from v2");
-    let wan = sum.source_bytes + outcome.signature_bytes();
-    println!("  rebuilt v2 from v1 + needs list: byte-identical");
+/// A free loopback TCP port (for the agents' static peer lists).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr().context("reading the port")?.port())
+}
+
+/// The DP's payload bytes so far, from its Prometheus metrics.
+async fn dp_payload(metrics: &DpClient) -> anyhow::Result<u64> {
+    let body = metrics
+        .get_bytes("metrics", 1 << 20)
+        .await
+        .context("reading the DP's metrics")?;
+    let name = "peerdelta_dp_payload_bytes_total";
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+fn mb(b: u64) -> String {
+    if b >= 10_000_000 {
+        format!("{:.1} MB", b as f64 / 1e6)
+    } else {
+        format!("{:.1} kB", b as f64 / 1e3)
+    }
+}
+
+async fn demo(dir: &Path, len: usize, n: usize) -> anyhow::Result<()> {
+    println!("peerdelta demo: a DP and a branch subnet of {n} agents on this machine");
+    println!("  working in {}", dir.display());
+
+    // The DP: a library, a key pair, two published versions.
+    let lib = Library::at(&dir.join("library"), None);
+    let key = lib.init()?;
+    let package = PackageName::new("demo-app").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v1_big = package_bytes(len, 42);
+    let v2_big = next_version(&v1_big);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut sizes = Vec::new();
+    for (v, big) in [(1u64, &v1_big), (2, &v2_big)] {
+        let src = dir.join(format!("source-v{v}"));
+        write_tree(&src, v, big)?;
+        let lib2 = lib.clone();
+        let opts = PublishOptions {
+            package: package.clone(),
+            source: src,
+            min_saving: 4096,
+            threads,
+            progress: false,
+            pack_level: 9,
+        };
+        let s = tokio::task::spawn_blocking(move || publish(&lib2, &opts))
+            .await
+            .context("publishing")??;
+        println!(
+            "  DP published {package} v{}: {} files, {} ({} needs lists, {:.1} s)",
+            s.version,
+            s.files,
+            mb(s.bytes),
+            s.needs_lists_written,
+            s.seconds
+        );
+        sizes.push(s.bytes);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the DP's port")?;
+    let url = format!("http://{}", listener.local_addr().context("DP address")?);
+    let (stop_dp, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dp = tokio::spawn(crate::dp::serve::serve_on(lib.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    println!("  DP serving {url} (its own counters measure the WAN below)");
+    let metrics = DpClient::new(
+        &url,
+        Default::default(),
+        RetryPolicy {
+            give_up_after: Duration::from_secs(10),
+        },
+    )?;
+
+    // The branch: n daemons on loopback, each listing the others.
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let mut agents: Vec<Arc<Daemon>> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let name = format!("agent{i}");
+        let cfg = AgentFile {
+            name: Some(name.clone()),
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+            peers: ports
+                .iter()
+                .filter(|p| *p != port)
+                .map(|p| format!("/ip4/127.0.0.1/tcp/{p}"))
+                .collect(),
+            mdns: false,
+            heartbeat_ms: 200,
+            master_timeout_ms: 1500,
+            settle_ms: 800,
+            ..AgentFile::default()
+        };
+        let client = DpClient::new(
+            &url,
+            ConfigFile::default().governor(None, false)?,
+            RetryPolicy {
+                give_up_after: Duration::from_secs(30),
+            },
+        )?;
+        let mut get = super::agent::transfer_options(&cfg, &name)?;
+        get.report = false;
+        agents.push(Daemon::start(DaemonConfig {
+            name,
+            cache: Cache::open(&dir.join(format!("cache-agent{i}")))?,
+            key,
+            client,
+            agent: cfg,
+            get,
+        })?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agents.iter().any(|a| a.peers_heard() + 1 < n) {
+        if Instant::now() > deadline {
+            bail!("the agents did not find each other within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  {n} agents on 127.0.0.1 found each other (libp2p: TCP, noise, yamux)");
+
+    let mut totals = Vec::new();
+    for (v, what) in [(1u64, "no earlier version"), (2, "all holding v1")] {
+        let before = dp_payload(&metrics).await?;
+        let t = Instant::now();
+        for a in &agents {
+            a.request(package.clone(), v);
+        }
+        let views = loop {
+            let views: Vec<_> = agents.iter().filter_map(|a| a.job(&package, v)).collect();
+            if let Some(f) = views.iter().find(|j| j.phase == "failed") {
+                bail!(
+                    "an agent failed to get v{v}: {}",
+                    f.error.clone().unwrap_or_default()
+                );
+            }
+            if views.len() == n && views.iter().all(|j| j.phase == "done") {
+                break views;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("v{v} did not reach every agent within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let wan = dp_payload(&metrics).await? - before;
+        let lan: u64 = views
+            .iter()
+            .filter_map(|j| j.summary.as_ref().map(|s| s.lan_bytes))
+            .sum();
+        let master = views
+            .iter()
+            .find(|j| j.role == "master")
+            .and_then(|j| j.master.clone())
+            .map(|m| m.trim_end_matches(" (this agent)").to_owned())
+            .unwrap_or_else(|| "?".into());
+        let full = sizes[(v - 1) as usize] * n as u64;
+        println!(
+            "  v{v} to {n} agents ({what}): master {master}; DP sent {} for {n} x {} of files ({:.2}%), peers shared {} over the LAN, {:.1} s",
+            mb(wan),
+            mb(sizes[(v - 1) as usize]),
+            100.0 * wan as f64 / full as f64,
+            mb(lan),
+            t.elapsed().as_secs_f64()
+        );
+        totals.push((wan, full));
+    }
+    for (i, a) in agents.iter().enumerate() {
+        let c = Cache::open(&dir.join(format!("cache-agent{i}")))?;
+        let r = tokio::task::block_in_place(|| c.verify(a.key()))?;
+        if !r.quarantined.is_empty() || !r.dropped_versions.is_empty() {
+            bail!("agent{i}'s cache does not verify: {r:?}");
+        }
+    }
+    let (wan, full) = totals[1];
     println!(
-        "  WAN bytes: {wan} instead of {} ({:.2}% of a full download, {:.1} MB saved)",
-        new.len(),
-        100.0 * wan as f64 / new.len() as f64,
-        (new.len() as u64 - wan) as f64 / 1e6
+        "  every agent's cache verifies; the v2 update cost the WAN {} instead of {}: {:.1} MB saved",
+        mb(wan),
+        mb(full),
+        full.saturating_sub(wan) as f64 / 1e6
     );
+    let _ = stop_dp.send(());
+    let _ = dp.await;
     Ok(())
 }

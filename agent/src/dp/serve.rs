@@ -67,6 +67,23 @@ fn kind_index(k: Kind) -> usize {
 /// `listening on http://ADDR` on stdout once bound (with the real port when
 /// `listen` asks for port 0).
 pub async fn serve(lib: Library, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!("serving {} on http://{addr}", lib.root.display());
+    println!("listening on http://{addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    serve_on(lib, listener, shutdown_signal()).await
+}
+
+/// Serves `lib` on a bound listener until `shutdown` resolves.
+pub async fn serve_on(
+    lib: Library,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     lib.check()?;
     let status = StatusStore::open(&lib)?;
     let state = Arc::new(AppState {
@@ -81,19 +98,11 @@ pub async fn serve(lib: Library, listen: SocketAddr) -> anyhow::Result<()> {
         .fallback(static_file)
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!("serving {} on http://{addr}", lib.root.display());
-    println!("listening on http://{addr}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await
     .context("serving HTTP")
 }

@@ -485,6 +485,11 @@ impl Daemon {
         s
     }
 
+    /// Peers heard from (they announced themselves and are compatible).
+    pub fn peers_heard(&self) -> usize {
+        lock(&self.peers).len()
+    }
+
     /// One job's view.
     pub fn job(&self, package: &PackageName, version: u64) -> Option<JobView> {
         lock(&self.jobs)
