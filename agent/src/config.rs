@@ -181,6 +181,45 @@ impl ConfigFile {
 }
 
 /// The default cache directory.
+/// Where an agent gets packages from and keeps them.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The DP's URL.
+    pub dp: String,
+    /// The pinned DP key.
+    pub key: VerifyingKey,
+    /// The cache directory.
+    pub cache: PathBuf,
+}
+
+impl ConfigFile {
+    /// The DP, its key and the cache: the command line's values first, then
+    /// the config file's; the cache defaults to the user cache directory.
+    pub fn endpoints(
+        &self,
+        dp: Option<&str>,
+        key: Option<&str>,
+        cache: Option<&Path>,
+    ) -> anyhow::Result<Endpoints> {
+        let dp = dp
+            .map(str::to_owned)
+            .or(self.dp.clone())
+            .ok_or_else(|| usage!("no DP: give --dp URL or set dp in the config file"))?;
+        let key = key
+            .map(str::to_owned)
+            .or(self.dp_key.clone())
+            .ok_or_else(|| usage!("no DP key: give --dp-key or set dp_key in the config file"))?;
+        Ok(Endpoints {
+            dp,
+            key: load_key(&key)?,
+            cache: cache
+                .map(Path::to_owned)
+                .or(self.cache.clone())
+                .unwrap_or_else(default_cache_dir),
+        })
+    }
+}
+
 pub fn default_cache_dir() -> PathBuf {
     directories::ProjectDirs::from("org", "peerdelta", "peerdelta")
         .map(|d| d.cache_dir().to_owned())

@@ -110,7 +110,7 @@ pub struct GetSummary {
 
 /// Why building one content failed.
 #[derive(Debug, thiserror::Error)]
-enum JobError {
+pub enum JobError {
     /// A run read from the local base did not verify: the base is damaged.
     #[error("the local base {base} is damaged: {detail}")]
     BaseCorrupt { base: ContentHash, detail: String },
@@ -639,32 +639,60 @@ async fn library_file(
     hash: ContentHash,
     len: u64,
 ) -> Result<Vec<u8>, JobError> {
-    if let Some(path) = ctx.cache.library_file(rel)
-        && let Ok(b) = fs::read(&path)
-        && ContentHash::of(&b) == hash
-    {
+    if let Some(b) = kept_library_file(ctx.cache, rel, &hash) {
         return Ok(b);
     }
-    let b = loop {
-        if let Some(lan) = ctx.lan {
+    if let Some(lan) = ctx.lan {
+        loop {
             if let Some(b) = lan.file(rel, &hash).await {
-                break b;
+                keep_library_file(ctx.cache, rel, &b);
+                return Ok(b);
             }
-            if !lan.is_master() {
-                lan.wait(Duration::from_millis(300)).await;
-                continue;
+            if lan.is_master() {
+                break;
             }
+            lan.wait(Duration::from_millis(300)).await;
         }
-        let b = ctx.client.get_sized(rel, len).await?;
-        if ContentHash::of(&b) != hash {
-            return Err(JobError::Dp(format!("{rel} does not match the manifest")));
-        }
-        break b;
-    };
-    // Kept: a later daemon on this machine serves it to peers.
-    if let Err(e) = ctx.cache.keep_library_file(rel, &b) {
+    }
+    fetch_library_file(ctx.client, ctx.cache, rel, hash, len).await
+}
+
+/// A library file kept in `cache` that hashes to `hash`.
+fn kept_library_file(cache: &Cache, rel: &str, hash: &ContentHash) -> Option<Vec<u8>> {
+    let b = fs::read(cache.library_file(rel)?).ok()?;
+    (ContentHash::of(&b) == *hash).then_some(b)
+}
+
+/// Kept: a daemon on this machine serves it to peers.
+fn keep_library_file(cache: &Cache, rel: &str, b: &[u8]) {
+    if let Err(e) = cache.keep_library_file(rel, b) {
         tracing::warn!("keeping {rel} for peers: {e:#}");
     }
+}
+
+/// One library-file fetch from the DP at a time in this process: a master
+/// fetching a needs list for itself and for a peer asking at the same
+/// moment fetches it once.
+static LIBRARY_FETCH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A needs list or pieces file from the DP, checked against the manifest's
+/// hash and kept in the cache (unless it was kept meanwhile).
+pub async fn fetch_library_file(
+    client: &DpClient,
+    cache: &Cache,
+    rel: &str,
+    hash: ContentHash,
+    len: u64,
+) -> Result<Vec<u8>, JobError> {
+    let _one = LIBRARY_FETCH.lock().await;
+    if let Some(b) = kept_library_file(cache, rel, &hash) {
+        return Ok(b);
+    }
+    let b = client.get_sized(rel, len).await?;
+    if ContentHash::of(&b) != hash {
+        return Err(JobError::Dp(format!("{rel} does not match the manifest")));
+    }
+    keep_library_file(cache, rel, &b);
     Ok(b)
 }
 

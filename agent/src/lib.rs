@@ -11,6 +11,7 @@ pub mod dp;
 pub mod fault;
 pub mod fsutil;
 pub mod get;
+pub mod local;
 pub mod logging;
 pub mod pack;
 pub mod progress;

@@ -60,6 +60,38 @@ impl Rank {
         )
     }
 
+    /// The rank of an agent for `target`, from what it holds: the versions
+    /// of the package it holds complete, the bytes of the target's contents
+    /// it holds (cached or verified in progress; `total` 0 while the
+    /// manifest is unknown), its weight and free cache space. The agent and
+    /// simnet both rank this way.
+    pub fn from_holdings(
+        target: u64,
+        versions: &[u64],
+        held: u64,
+        total: u64,
+        weight: u32,
+        free_bytes: u64,
+    ) -> Rank {
+        let complete = versions.contains(&target);
+        let held_permille = if complete {
+            1000
+        } else if total > 0 {
+            ((u128::from(held) * 1000) / u128::from(total)).min(999) as u16
+        } else {
+            0
+        };
+        Rank {
+            complete,
+            held_permille,
+            has_base: versions
+                .iter()
+                .any(|v| *v < target && target - v <= crate::publish::WINDOW as u64),
+            weight,
+            free_mib: free_bytes >> 20,
+        }
+    }
+
     /// May this candidate be master at all?
     pub fn eligible(&self) -> bool {
         self.weight > 0
@@ -623,5 +655,23 @@ mod tests {
         );
         assert!(a.is_master() && !b.is_master());
         assert_eq!(b.master(), Some(&1));
+    }
+
+    #[test]
+    fn rank_from_holdings() {
+        let r = Rank::from_holdings(7, &[3, 5], 250, 1000, 1, 3 << 20);
+        assert!(!r.complete);
+        assert_eq!(r.held_permille, 250);
+        assert!(r.has_base, "v5 is within the window of v7");
+        assert_eq!(r.free_mib, 3);
+        // v2 is outside the window of v7; nothing known of the manifest yet.
+        let r = Rank::from_holdings(7, &[2], 0, 0, 1, 0);
+        assert!(!r.has_base);
+        assert_eq!(r.held_permille, 0);
+        // Everything held but not recorded complete stays below complete.
+        let r = Rank::from_holdings(7, &[], 1000, 1000, 1, 0);
+        assert_eq!(r.held_permille, 999);
+        let r = Rank::from_holdings(7, &[7], 0, 0, 0, 0);
+        assert!(r.complete && r.held_permille == 1000 && !r.eligible());
     }
 }

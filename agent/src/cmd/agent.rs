@@ -10,7 +10,7 @@ use peerdelta_protocol::manifest::PackageName;
 
 use crate::cache::Cache;
 use crate::client::{DpClient, RetryPolicy};
-use crate::config::{AgentFile, ConfigFile, default_cache_dir, load_key};
+use crate::config::{AgentFile, ConfigFile};
 use crate::get::GetOptions;
 use crate::logging::{self, LogFormat};
 use crate::subnet::control::{self, ControlClient};
@@ -72,25 +72,12 @@ pub fn run(c: AgentCommand) -> anyhow::Result<()> {
 fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
     logging::init(a.log_format, "info");
     let cfg = ConfigFile::resolve(a.config.as_deref())?;
-    let dp =
-        a.dp.clone()
-            .or(cfg.dp.clone())
-            .ok_or_else(|| usage!("no DP: give --dp URL or set dp in the config file"))?;
-    let key_spec = a
-        .dp_key
-        .clone()
-        .or(cfg.dp_key.clone())
-        .ok_or_else(|| usage!("no DP key: give --dp-key or set dp_key in the config file"))?;
-    let key = load_key(&key_spec)?;
-    let cache_dir = a
-        .cache
-        .clone()
-        .or(cfg.cache.clone())
-        .unwrap_or_else(default_cache_dir);
-    let cache = Cache::open(&cache_dir)?;
+    let ends = cfg.endpoints(a.dp.as_deref(), a.dp_key.as_deref(), a.cache.as_deref())?;
+    let key = ends.key;
+    let cache = Cache::open(&ends.cache)?;
     let governor = cfg.governor(None, false)?;
     let client = DpClient::new(
-        &dp,
+        &ends.dp,
         governor,
         RetryPolicy {
             give_up_after: Duration::from_secs(60),

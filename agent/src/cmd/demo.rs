@@ -6,19 +6,15 @@
 //! per subnet, and for v2 only the delta.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use peerdelta_protocol::manifest::PackageName;
 
-use crate::cache::Cache;
-use crate::client::{DpClient, RetryPolicy};
-use crate::config::{AgentFile, ConfigFile};
 use crate::dp::library::Library;
 use crate::dp::publish::{PublishOptions, publish};
-use crate::subnet::{Daemon, DaemonConfig};
+use crate::local::{LocalDp, master_of, roll_out, start_branch, verify_caches};
 
 /// Arguments of `peerdelta demo`.
 #[derive(Args, Debug)]
@@ -146,26 +142,6 @@ fn write_tree(dir: &Path, v: u64, big: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A free loopback TCP port (for the agents' static peer lists).
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr().context("reading the port")?.port())
-}
-
-/// The DP's payload bytes so far, from its Prometheus metrics.
-async fn dp_payload(metrics: &DpClient) -> anyhow::Result<u64> {
-    let body = metrics
-        .get_bytes("metrics", 1 << 20)
-        .await
-        .context("reading the DP's metrics")?;
-    let name = "peerdelta_dp_payload_bytes_total";
-    Ok(String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum())
-}
-
 fn mb(b: u64) -> String {
     if b >= 10_000_000 {
         format!("{:.1} MB", b as f64 / 1e6)
@@ -211,121 +187,36 @@ async fn demo(dir: &Path, len: usize, n: usize) -> anyhow::Result<()> {
         );
         sizes.push(s.bytes);
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the DP's port")?;
-    let url = format!("http://{}", listener.local_addr().context("DP address")?);
-    let (stop_dp, stopped) = tokio::sync::oneshot::channel::<()>();
-    let dp = tokio::spawn(crate::dp::serve::serve_on(lib.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    println!("  DP serving {url} (its own counters measure the WAN below)");
-    let metrics = DpClient::new(
-        &url,
-        Default::default(),
-        RetryPolicy {
-            give_up_after: Duration::from_secs(10),
-        },
-    )?;
-
-    // The branch: n daemons on loopback, each listing the others.
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
-    let mut agents: Vec<Arc<Daemon>> = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let name = format!("agent{i}");
-        let cfg = AgentFile {
-            name: Some(name.clone()),
-            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
-            peers: ports
-                .iter()
-                .filter(|p| *p != port)
-                .map(|p| format!("/ip4/127.0.0.1/tcp/{p}"))
-                .collect(),
-            mdns: false,
-            heartbeat_ms: 200,
-            master_timeout_ms: 1500,
-            settle_ms: 800,
-            ..AgentFile::default()
-        };
-        let client = DpClient::new(
-            &url,
-            ConfigFile::default().governor(None, false)?,
-            RetryPolicy {
-                give_up_after: Duration::from_secs(30),
-            },
-        )?;
-        let mut get = super::agent::transfer_options(&cfg, &name)?;
-        get.report = false;
-        agents.push(Daemon::start(DaemonConfig {
-            name,
-            cache: Cache::open(&dir.join(format!("cache-agent{i}")))?,
-            key,
-            client,
-            agent: cfg,
-            get,
-        })?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agents.iter().any(|a| a.peers_heard() + 1 < n) {
-        if Instant::now() > deadline {
-            bail!("the agents did not find each other within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dp = LocalDp::start(&lib).await?;
+    println!(
+        "  DP serving {} (its own counters measure the WAN below)",
+        dp.url
+    );
+    let agents = start_branch(dir, &dp.url, key, n, None).await?;
     println!("  {n} agents on 127.0.0.1 found each other (libp2p: TCP, noise, yamux)");
 
     let mut totals = Vec::new();
     for (v, what) in [(1u64, "no earlier version"), (2, "all holding v1")] {
-        let before = dp_payload(&metrics).await?;
-        let t = Instant::now();
-        for a in &agents {
-            a.request(package.clone(), v);
-        }
-        let views = loop {
-            let views: Vec<_> = agents.iter().filter_map(|a| a.job(&package, v)).collect();
-            if let Some(f) = views.iter().find(|j| j.phase == "failed") {
-                bail!(
-                    "an agent failed to get v{v}: {}",
-                    f.error.clone().unwrap_or_default()
-                );
-            }
-            if views.len() == n && views.iter().all(|j| j.phase == "done") {
-                break views;
-            }
-            if t.elapsed() > Duration::from_secs(600) {
-                bail!("v{v} did not reach every agent within 10 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let wan = dp_payload(&metrics).await? - before;
+        let before = dp.payload_bytes().await?;
+        let (views, took) = roll_out(&agents, &package, v, Duration::from_secs(600)).await?;
+        let wan = dp.payload_bytes().await? - before;
         let lan: u64 = views
             .iter()
             .filter_map(|j| j.summary.as_ref().map(|s| s.lan_bytes))
             .sum();
-        let master = views
-            .iter()
-            .find(|j| j.role == "master")
-            .and_then(|j| j.master.clone())
-            .map(|m| m.trim_end_matches(" (this agent)").to_owned())
-            .unwrap_or_else(|| "?".into());
         let full = sizes[(v - 1) as usize] * n as u64;
         println!(
-            "  v{v} to {n} agents ({what}): master {master}; DP sent {} for {n} x {} of files ({:.2}%), peers shared {} over the LAN, {:.1} s",
+            "  v{v} to {n} agents ({what}): master {}; DP sent {} for {n} x {} of files ({:.2}%), peers shared {} over the LAN, {:.1} s",
+            master_of(&views),
             mb(wan),
             mb(sizes[(v - 1) as usize]),
             100.0 * wan as f64 / full as f64,
             mb(lan),
-            t.elapsed().as_secs_f64()
+            took.as_secs_f64()
         );
         totals.push((wan, full));
     }
-    for (i, a) in agents.iter().enumerate() {
-        let c = Cache::open(&dir.join(format!("cache-agent{i}")))?;
-        let r = tokio::task::block_in_place(|| c.verify(a.key()))?;
-        if !r.quarantined.is_empty() || !r.dropped_versions.is_empty() {
-            bail!("agent{i}'s cache does not verify: {r:?}");
-        }
-    }
+    tokio::task::block_in_place(|| verify_caches(dir, &agents))?;
     let (wan, full) = totals[1];
     println!(
         "  every agent's cache verifies; the v2 update cost the WAN {} instead of {}: {:.1} MB saved",
@@ -333,7 +224,5 @@ async fn demo(dir: &Path, len: usize, n: usize) -> anyhow::Result<()> {
         mb(full),
         full.saturating_sub(wan) as f64 / 1e6
     );
-    let _ = stop_dp.send(());
-    let _ = dp.await;
     Ok(())
 }

@@ -9,7 +9,7 @@ use peerdelta_protocol::manifest::PackageName;
 
 use crate::cache::Cache;
 use crate::client::{DpClient, RetryPolicy};
-use crate::config::{ConfigFile, default_cache_dir, load_key};
+use crate::config::ConfigFile;
 use crate::get::{GetOptions, get};
 use crate::logging::{self, LogFormat};
 use crate::usage;
@@ -163,26 +163,13 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = ConfigFile::resolve(a.config.as_deref())?;
-    let dp =
-        a.dp.clone()
-            .or(cfg.dp.clone())
-            .ok_or_else(|| usage!("no DP: give --dp URL or set dp in the config file"))?;
-    let key_spec = a
-        .dp_key
-        .clone()
-        .or(cfg.dp_key.clone())
-        .ok_or_else(|| usage!("no DP key: give --dp-key or set dp_key in the config file"))?;
-    let key = load_key(&key_spec)?;
+    let ends = cfg.endpoints(a.dp.as_deref(), a.dp_key.as_deref(), a.cache.as_deref())?;
+    let key = ends.key;
     let package = PackageName::new(&a.package).map_err(|e| usage!("{e}"))?;
     let governor = cfg.governor(a.max_rate.as_deref(), a.background)?;
-    let cache_dir = a
-        .cache
-        .clone()
-        .or(cfg.cache.clone())
-        .unwrap_or_else(default_cache_dir);
-    let cache = Cache::open(&cache_dir)?;
+    let cache = Cache::open(&ends.cache)?;
     let client = DpClient::new(
-        &dp,
+        &ends.dp,
         governor,
         RetryPolicy {
             give_up_after: std::time::Duration::from_secs(a.retry_secs),

@@ -133,8 +133,6 @@ pub struct Daemon {
     elections: AtomicU64,
     reelections: AtomicU64,
     epoch: Instant,
-    /// One DP fetch for peers at a time (so two asking at once cost one).
-    fetching_for_peers: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -206,7 +204,6 @@ impl Daemon {
             elections: AtomicU64::new(0),
             reelections: AtomicU64::new(0),
             epoch: Instant::now(),
-            fetching_for_peers: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(serve_peers(d.clone(), incoming));
         tokio::spawn(heartbeats(d.clone()));
@@ -271,25 +268,19 @@ impl Daemon {
 
     /// Our rank for a version: from the cache and, once known, the manifest.
     fn rank(&self, package: &PackageName, version: u64, m: Option<&Manifest>) -> Rank {
-        let held = self.cache.versions_of(package);
-        let complete = held.contains(&version);
-        let (held_bytes, total) = m.map_or((0, 0), |m| self.held_bytes(m));
-        let permille = if complete {
-            1000
-        } else if total > 0 {
-            ((held_bytes as u128 * 1000) / total as u128).min(999) as u16
-        } else {
-            0
-        };
-        Rank {
-            complete,
-            held_permille: permille,
-            has_base: held
-                .iter()
-                .any(|v| *v < version && version - v <= peerdelta_protocol::publish::WINDOW as u64),
-            weight: self.cfg.weight,
-            free_mib: crate::fsutil::free_bytes(self.cache.root()).unwrap_or(0) >> 20,
-        }
+        let (held, total) = m.map_or((0, 0), |m| self.held_bytes(m));
+        Rank::from_holdings(
+            version,
+            &self
+                .cache
+                .versions_of(package)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            held,
+            total,
+            self.cfg.weight,
+            crate::fsutil::free_bytes(self.cache.root()).unwrap_or(0),
+        )
     }
 
     fn held_bytes(&self, m: &Manifest) -> (u64, u64) {
@@ -687,23 +678,8 @@ async fn fetch_for_peers(d: &Daemon, rel: &str) -> Option<Vec<u8>> {
         .values()
         .filter(|j| j.election.is_master())
         .find_map(|j| library_entry(j.manifest.as_ref()?, rel))?;
-    let _one = d.fetching_for_peers.lock().await;
-    if let Some(Ok(b)) = d.cache.library_file(rel).map(std::fs::read)
-        && ContentHash::of(&b) == listed.0
-    {
-        return Some(b);
-    }
-    match d.client.get_sized(rel, listed.1).await {
-        Ok(b) if ContentHash::of(&b) == listed.0 => {
-            if let Err(e) = d.cache.keep_library_file(rel, &b) {
-                tracing::warn!("keeping {rel}: {e:#}");
-            }
-            Some(b)
-        }
-        Ok(_) => {
-            tracing::warn!("{rel} from the DP does not match the manifest");
-            None
-        }
+    match crate::get::fetch_library_file(&d.client, &d.cache, rel, listed.0, listed.1).await {
+        Ok(b) => Some(b),
         Err(e) => {
             tracing::warn!("fetching {rel} for peers: {e:#}");
             None
