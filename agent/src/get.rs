@@ -730,11 +730,7 @@ impl Journal {
     /// Whether the verified ranges (kept merged: sorted and disjoint) cover `r`.
     fn covers(&self, r: std::ops::Range<u64>) -> bool {
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        let i = done.partition_point(|(o, _)| *o <= r.start);
-        r.is_empty()
-            || i.checked_sub(1)
-                .and_then(|i| done.get(i))
-                .is_some_and(|(o, l)| o + l >= r.end)
+        peerdelta_protocol::swarm::covers(&done, r.start, r.end)
     }
 
     /// Records ranges whose bytes are already written and fsynced.
@@ -1004,9 +1000,9 @@ async fn lan_runs(
             },
         })
         .collect();
-    let done = |u: &swarm::Unit| journal.covers(u.offset..u.offset + u.len);
+    let done = |_: usize, u: &swarm::Unit| journal.covers(u.offset..u.offset + u.len);
     loop {
-        if units.iter().all(done) {
+        if units.iter().all(|u| done(0, u)) {
             return Ok(());
         }
         let mut base_holders = std::collections::BTreeSet::new();

@@ -143,7 +143,9 @@ pub struct Heard {
 /// An input to the election.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<P> {
-    /// A candidate's announcement arrived.
+    /// A candidate's announcement arrived. One that repeats what a live
+    /// peer last said only refreshes it; what time changes is decided at
+    /// the next [`Event::Tick`].
     Heard {
         /// Who.
         from: P,
@@ -287,20 +289,37 @@ impl<P: Ord + Clone + Debug> Election<P> {
         self.now_ms = self.now_ms.max(now_ms);
         match event {
             Event::Heard { from, rank, claims } => {
-                if from != self.me {
-                    self.peers.insert(
-                        from,
-                        Heard {
-                            rank,
-                            claims,
-                            at_ms: self.now_ms,
-                        },
-                    );
+                if from == self.me {
+                    return Vec::new();
+                }
+                let cutoff = self.now_ms.saturating_sub(self.timing.master_timeout_ms);
+                let at_ms = self.now_ms;
+                match self.peers.get_mut(&from) {
+                    // A live peer repeating itself changes nothing the next
+                    // tick would not decide anyway (every heartbeat brings
+                    // one such announcement per peer: deciding on each
+                    // would cost a subnet of n agents n^2 decisions a beat).
+                    Some(h) if h.at_ms >= cutoff && h.rank == rank && h.claims == claims => {
+                        h.at_ms = at_ms;
+                        return Vec::new();
+                    }
+                    _ => {
+                        self.peers.insert(
+                            from,
+                            Heard {
+                                rank,
+                                claims,
+                                at_ms,
+                            },
+                        );
+                    }
                 }
             }
             Event::Gone(p) => {
                 self.peers.remove(&p);
             }
+            // Likewise an unchanged rank.
+            Event::Rank(r) if r == self.rank => return Vec::new(),
             Event::Rank(r) => self.rank = r,
             Event::Tick => {}
         }
@@ -328,12 +347,13 @@ impl<P: Ord + Clone + Debug> Election<P> {
                 })
                 .cloned()
         };
-        let eligible: Vec<(P, Rank)> = self
-            .candidates()
-            .into_iter()
+        let everyone: Vec<(P, Rank)> = self
+            .live()
+            .map(|(p, h)| (p.clone(), h.rank))
+            .chain(std::iter::once((me.clone(), self.rank)))
             .filter(|(_, r)| r.eligible())
             .collect();
-        let best = eligible.first().cloned();
+        let best = best_of(&everyone);
         let leader = best_of(&claimants);
         let periodic_due =
             self.now_ms.saturating_sub(self.last_periodic_ms) >= self.timing.reelect_ms;

@@ -53,7 +53,8 @@ pub struct View<P> {
     pub have_base: bool,
     /// Whether we may use the WAN (we are master).
     pub may_use_dp: bool,
-    /// Per peer: the target ranges it holds verified, sorted or not.
+    /// Per peer: the target ranges it holds verified, merged (sorted and
+    /// disjoint, as [`merge`] gives them).
     pub holders: BTreeMap<P, Vec<(u64, u64)>>,
     /// Peers that hold the base content whole.
     pub base_holders: BTreeSet<P>,
@@ -77,13 +78,13 @@ impl<P> Default for View<P> {
 /// units missing from the answer wait.
 pub fn assign<P: Ord + Clone>(
     units: &[Unit],
-    done: impl Fn(&Unit) -> bool,
+    done: impl Fn(usize, &Unit) -> bool,
     view: &View<P>,
 ) -> Vec<(usize, From<P>)> {
     let mut load: BTreeMap<P, u64> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, u) in units.iter().enumerate() {
-        if done(u) {
+        if done(i, u) {
             continue;
         }
         if u.seed_offset.is_some() && view.have_base {
@@ -123,25 +124,17 @@ pub fn assign<P: Ord + Clone>(
     out
 }
 
-/// Whether the union of `ranges` covers `start..end`.
+/// Whether merged `ranges` (sorted and disjoint, as [`merge`] gives them)
+/// cover `start..end`: a binary search, so a scheduler can ask it for every
+/// unit of every holder.
 pub fn covers(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
-    let mut sorted: Vec<(u64, u64)> = ranges
-        .iter()
-        .copied()
-        .filter(|(o, l)| o + l > start && *o < end)
-        .collect();
-    sorted.sort_unstable();
-    let mut at = start;
-    for (o, l) in sorted {
-        if o > at {
-            return false;
-        }
-        at = at.max(o + l);
-        if at >= end {
-            return true;
-        }
+    if start >= end {
+        return true;
     }
-    at >= end
+    let i = ranges.partition_point(|(o, _)| *o <= start);
+    i.checked_sub(1)
+        .and_then(|i| ranges.get(i))
+        .is_some_and(|(o, l)| o + l >= end)
 }
 
 /// Merges ranges into a sorted list of disjoint ranges (what a peer
@@ -198,7 +191,7 @@ mod tests {
             ..View::default()
         };
         v.holders.insert(7, vec![(100, 50)]);
-        let a = assign(&units(), |_| false, &v);
+        let a = assign(&units(), |_, _| false, &v);
         assert_eq!(
             a,
             vec![
@@ -209,7 +202,7 @@ mod tests {
             ]
         );
         v.may_use_dp = false;
-        let a = assign(&units(), |_| false, &v);
+        let a = assign(&units(), |_, _| false, &v);
         assert_eq!(a.len(), 3, "a peer waits for what nobody has: {a:?}");
     }
 
@@ -222,7 +215,7 @@ mod tests {
         v.base_holders.insert(3);
         v.holders.insert(5, vec![(0, 260)]);
         v.banned.insert(5);
-        let a = assign(&units(), |_| false, &v);
+        let a = assign(&units(), |_, _| false, &v);
         assert_eq!(
             a,
             vec![
@@ -239,7 +232,7 @@ mod tests {
         let mut v: View<u8> = View::default();
         v.holders.insert(1, vec![(0, 260)]);
         v.holders.insert(2, vec![(0, 260)]);
-        let a = assign(&units(), |u| u.offset == 100, &v);
+        let a = assign(&units(), |_, u| u.offset == 100, &v);
         let by: Vec<u8> = a
             .iter()
             .filter_map(|(_, f)| match f {
@@ -253,9 +246,16 @@ mod tests {
 
     #[test]
     fn coverage_and_merging() {
-        assert!(covers(&[(0, 10), (10, 5)], 2, 15));
-        assert!(!covers(&[(0, 10), (11, 5)], 2, 15));
+        let m = merge(&[(10, 5), (0, 10), (20, 10)]);
+        assert_eq!(m, vec![(0, 15), (20, 10)]);
+        assert!(covers(&m, 2, 15));
+        assert!(covers(&m, 0, 15));
+        assert!(!covers(&m, 14, 21));
+        assert!(covers(&m, 20, 30));
+        assert!(!covers(&m, 25, 31));
+        assert!(!covers(&merge(&[(0, 10), (11, 5)]), 2, 15));
         assert!(covers(&[], 5, 5));
+        assert!(!covers(&[], 0, 1));
         assert_eq!(
             merge(&[(10, 5), (0, 10), (20, 1), (15, 0)]),
             vec![(0, 15), (20, 1)]

@@ -17,6 +17,17 @@ use tokio::sync::watch;
 
 use super::net::Net;
 
+/// A peer's ranges, checked (no overflow) and merged: the scheduler
+/// searches them, and a peer's answer is not trusted to be sorted.
+fn wire_ranges(r: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let sane: Vec<(u64, u64)> = r
+        .iter()
+        .copied()
+        .filter(|(o, l)| o.checked_add(*l).is_some())
+        .collect();
+    peerdelta_protocol::swarm::merge(&sane)
+}
+
 /// Counters shared by every transfer of the daemon (Prometheus).
 #[derive(Debug, Default)]
 pub struct LanCounters {
@@ -198,7 +209,7 @@ impl Lan {
                 self.ask(p, Request::Coverage(*content)).await
                 && !ranges.is_empty()
             {
-                out.insert(p, ranges);
+                out.insert(p, wire_ranges(&ranges));
             }
         }
         out

@@ -1,0 +1,167 @@
+//! simnet end to end: shipped scenarios load, runs are deterministic, the
+//! invariants hold on healthy runs and fail loudly on a broken one, and the
+//! command writes its report and plots.
+
+use std::path::Path;
+use std::process::Command;
+
+use peerdelta_simnet::scenario::Scenario;
+
+fn small(extra_branch: &str, faults: &str) -> Scenario {
+    Scenario::parse(&format!(
+        "name = \"small\"\nseed = 9\n[package]\nsize_mib = 256\nchanged = 0.05\nregions = 20\nunit_kib = 1024\n\
+         [timing]\nheartbeat_ms = 500\nmaster_timeout_ms = 3000\nsettle_ms = 1500\n\
+         [[branches]]\ncount = 3\nagents = 12\nwan_mbps = 50\nstart_spread_s = 2\n{extra_branch}\n{faults}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn shipped_scenarios_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            Scenario::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} scenarios");
+}
+
+#[test]
+fn same_scenario_and_seed_same_result() {
+    let s = small(
+        "",
+        "[[faults]]\nkind = \"master_crash\"\nat_fraction = 0.5\n",
+    );
+    let a = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    let b = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    let c = peerdelta_simnet::run(&s, Some(10)).unwrap().0.result;
+    assert_ne!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&c).unwrap(),
+        "another seed, another run"
+    );
+}
+
+#[test]
+fn one_wan_download_per_branch_and_master_crashes_reelect() {
+    let s = small("", "");
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.finished, 36);
+    assert_eq!(r.elections, 3);
+    let ideal = r.origin_bytes + 50_000;
+    for b in &r.per_branch {
+        assert_eq!(b.wan_bytes, ideal, "{b:?}");
+    }
+    // The master crashes at 50% of its download in every branch: one
+    // re-election each, the survivors finish, the WAN carries little more.
+    let s = small(
+        "",
+        "[[faults]]\nkind = \"master_crash\"\nat_fraction = 0.5\n",
+    );
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!((r.finished, r.unfinished), (33, 0));
+    for b in &r.per_branch {
+        assert!((2..=3).contains(&b.elections), "{b:?}");
+    }
+    for b in &r.per_branch {
+        assert!(
+            b.wan_bytes as f64 <= 1.2 * ideal as f64,
+            "{} vs {ideal}",
+            b.wan_bytes
+        );
+    }
+}
+
+#[test]
+fn a_peer_holding_the_target_means_no_content_over_the_wan() {
+    let s = small("target = 1.0", "");
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    // Only the manifest and needs list the holder fetches for its peers.
+    assert!(r.wan_bytes <= 3 * 50_000, "{}", r.wan_bytes);
+    assert_eq!(r.reelections, 0);
+}
+
+#[test]
+fn agents_without_base_alt_copy_and_behind_masters_use_rdc() {
+    // Half the agents hold nothing: they take everything over the LAN (the
+    // base holders' copies of the seed runs, or their bases), and the WAN
+    // carries the origin runs once per branch.
+    let s = small("base = 0.5", "");
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let nothing = r.agents - r.sources.local / (r.size_bytes - r.origin_bytes);
+    assert!(nothing >= 10, "{nothing} agents without a base");
+    assert!(r.sources.lan_peer + r.sources.alt_copy >= nothing * (r.size_bytes - r.origin_bytes));
+    assert_eq!(r.wan_bytes, 3 * (r.origin_bytes + 50_000));
+    // Everyone 6+ behind: the master rebuilds by client-side RDC, fetching
+    // what its old version lacks; peers take it all over the LAN.
+    let s = small("base = 0.0\nbehind = 1.0", "");
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.wan_bytes > 3 * r.origin_bytes, "{}", r.wan_bytes);
+    assert!(r.wan_bytes < 3 * r.size_bytes / 2, "{}", r.wan_bytes);
+}
+
+#[test]
+fn a_run_that_breaks_an_invariant_says_so() {
+    // Nobody may be master (weight 0): nobody fetches, nobody finishes.
+    let s = small("weight0 = 1.0", "");
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("lacks part of the content")),
+        "{:?}",
+        r.violations
+    );
+}
+
+#[test]
+fn the_command_writes_report_and_plots() {
+    let dir = std::env::temp_dir().join(format!("simnet-cli-{}", std::process::id()));
+    let scen = dir.join("s.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &scen,
+        "name = \"cli\"\n[package]\nsize_mib = 64\n[[branches]]\ncount = 2\nagents = 4\n[[faults]]\nkind = \"dp_outage\"\nat_s = 1\nend_s = 5\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_peerdelta-simnet"))
+        .args(["run", "--seed", "3", "--out"])
+        .arg(&out)
+        .arg(&scen)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("events/s"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["result"]["seed"], 3);
+    for svg in ["wan.svg", "completion.svg", "elections.svg", "sources.svg"] {
+        let s = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(s.starts_with("<svg") && s.contains("<text"), "{svg}");
+    }
+    // A bad scenario: a clear error, exit code 2.
+    std::fs::write(&scen, "name = \"x\"\n[package]\n[[branches]]\nagents = 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_peerdelta-simnet"))
+        .arg("run")
+        .arg(&scen)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("package"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
