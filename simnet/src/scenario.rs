@@ -274,6 +274,10 @@ pub struct BranchGroup {
     /// Fraction of agents with election weight 0.
     #[serde(default)]
     pub weight0: f64,
+    /// Mean uptime in seconds (exponential): each agent shuts down after
+    /// its uptime; 0 keeps every agent up.
+    #[serde(default)]
+    pub uptime_s: f64,
 }
 
 fn wan_mbps() -> f64 {
@@ -396,6 +400,9 @@ impl Scenario {
             }
             if b.base + b.behind > 1.0 {
                 return bad(format!("branches[{i}]: base + behind > 1"));
+            }
+            if !(b.uptime_s >= 0.0 && b.uptime_s.is_finite()) {
+                return bad(format!("branches[{i}].uptime_s must be >= 0"));
             }
             for (name, v) in [("wan_mbps", b.wan_mbps), ("lan_mbps", b.lan_mbps)] {
                 if !(v > 0.0 && v.is_finite()) {

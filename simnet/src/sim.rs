@@ -218,6 +218,8 @@ enum Ev {
         unit: u32,
     },
     Fault(u32),
+    /// An agent's uptime ends: it shuts down (peers see it go).
+    Leave(u32),
 }
 
 /// Run-time figures gathered for the report.
@@ -294,6 +296,8 @@ pub struct Sim<'a> {
     limit: Us,
     /// Per agent: when its LAN port is free, sending and receiving.
     ports: Vec<(Us, Us)>,
+    /// Work not finished: agents asking and not done, asks and faults to come.
+    open: u64,
 }
 
 fn us(s: f64) -> Us {
@@ -332,6 +336,7 @@ impl<'a> Sim<'a> {
             trace: Trace::default(),
             limit: us(sc.limit_s),
             ports: Vec::new(),
+            open: 0,
         };
         for g in &sc.branches {
             for _ in 0..g.count {
@@ -380,9 +385,15 @@ impl<'a> Sim<'a> {
                     let weight = if sim.rng.unit() < g.weight0 { 0 } else { 1 };
                     let id = sim.add_agent(b, holding, weight);
                     branch.members.push(id);
+                    if g.uptime_s > 0.0 {
+                        // Exponential uptime: machines shut down at random.
+                        let up = -g.uptime_s * (1.0 - sim.rng.unit()).ln();
+                        sim.push(us(up), Ev::Leave(id));
+                    }
                     if holding != Holding::Target {
                         let at = us(sim.rng.unit() * g.start_spread_s);
                         sim.push(at, Ev::Ask(id));
+                        sim.open += 1;
                     }
                 }
                 sim.branches.push(branch);
@@ -410,7 +421,10 @@ impl<'a> Sim<'a> {
                         }
                     }
                 }
-                (_, Some(at), _) => sim.push(at, Ev::Fault(k as u32)),
+                (_, Some(at), _) => {
+                    sim.push(at, Ev::Fault(k as u32));
+                    sim.open += 1;
+                }
                 _ => {}
             }
         }
@@ -485,6 +499,11 @@ impl<'a> Sim<'a> {
             self.now = at;
             self.events += 1;
             self.handle(ev);
+            // The rollout is over (what is left, heartbeats and uptimes
+            // ending, would only move the clock).
+            if self.open == 0 {
+                break;
+            }
         }
         self.finish()
     }
@@ -553,7 +572,11 @@ impl<'a> Sim<'a> {
                     self.pump_dp(agent);
                 }
             }
-            Ev::Fault(k) => self.fault(k as usize),
+            Ev::Fault(k) => {
+                self.open -= 1;
+                self.fault(k as usize);
+            }
+            Ev::Leave(a) => self.crash(a, false),
         }
     }
 
@@ -566,6 +589,8 @@ impl<'a> Sim<'a> {
         let now = self.now;
         let ag = &mut self.agents[a as usize];
         if !ag.alive || ag.phase != Phase::Idle {
+            // It left before asking: its ask is no longer to come.
+            self.open -= 1;
             return;
         }
         ag.asked_at = Some(now);
@@ -617,10 +642,15 @@ impl<'a> Sim<'a> {
         for &p in &gone {
             self.agents[p as usize].gone_told = true;
         }
-        let mut announce: Vec<(u32, Rank, bool)> = Vec::new();
         let mut became = Vec::new();
         let mut any_left = false;
-        for &a in &members {
+        // Agents' heartbeats are not in step: each, in turn (starting from a
+        // different one each beat), ticks its election and its announcement
+        // reaches the others before the next one ticks.
+        let n = members.len();
+        let first = (self.branches[b as usize].beats as usize) % n.max(1);
+        for k in 0..n {
+            let a = members[(first + k) % n];
             let ag = &self.agents[a as usize];
             if !ag.alive {
                 continue;
@@ -649,32 +679,31 @@ impl<'a> Sim<'a> {
                 actions.extend(e.handle(Event::Gone(p), now_ms));
             }
             actions.extend(e.handle(Event::Tick, now_ms));
-            announce.push((a, e.rank(), e.claims()));
-            for act in actions {
-                if let Action::BecomeMaster = act {
-                    became.push(a);
-                }
+            let said = (e.rank(), e.claims());
+            if actions.contains(&Action::BecomeMaster) {
+                became.push(a);
             }
             if ag.phase != Phase::Done {
                 any_left = true;
             }
-        }
-        for &a in &members {
-            let ag = &mut self.agents[a as usize];
-            if !ag.alive {
-                continue;
-            }
-            let Some(e) = ag.election.as_mut() else {
-                continue;
-            };
-            for &(from, rank, claims) in &announce {
-                if from == a {
+            for &other in &members {
+                if other == a {
                     continue;
                 }
-                for act in e.handle(Event::Heard { from, rank, claims }, now_ms) {
-                    if let Action::BecomeMaster = act {
-                        became.push(a);
-                    }
+                let o = &mut self.agents[other as usize];
+                if !o.alive {
+                    continue;
+                }
+                let Some(e) = o.election.as_mut() else {
+                    continue;
+                };
+                let heard = Event::Heard {
+                    from: a,
+                    rank: said.0,
+                    claims: said.1,
+                };
+                if e.handle(heard, now_ms).contains(&Action::BecomeMaster) {
+                    became.push(other);
                 }
             }
         }
@@ -1119,6 +1148,7 @@ impl<'a> Sim<'a> {
         ag.phase = Phase::Done;
         ag.done_at = Some(self.now);
         let b = ag.branch;
+        self.open -= 1;
         self.changed(b);
     }
 
@@ -1132,6 +1162,10 @@ impl<'a> Sim<'a> {
         ag.alive = false;
         ag.epoch += 1;
         ag.silent = silent;
+        if !matches!(ag.phase, Phase::Done | Phase::Idle) {
+            // It asked and will not finish.
+            self.open -= 1;
+        }
         // DP responses in flight stop: what the link had not carried yet
         // was never sent.
         let now = self.now;
@@ -1209,6 +1243,7 @@ impl<'a> Sim<'a> {
                         self.branches[b as usize].members.push(id);
                         let now = self.now;
                         self.push(now, Ev::Ask(id));
+                        self.open += 1;
                     }
                 }
                 FaultKind::DpOutage | FaultKind::LinkCut => {}

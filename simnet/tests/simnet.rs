@@ -165,3 +165,14 @@ fn the_command_writes_report_and_plots() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("package"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn agents_that_shut_down_do_not_break_the_rollout() {
+    // Mean uptime 30 s: many agents leave mid-transfer (masters included);
+    // the rest re-elect and finish, and every invariant holds.
+    let s = small("uptime_s = 30", "");
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.finished + r.unfinished < 36, "some agents left");
+    assert_eq!(r.unfinished, 0);
+}

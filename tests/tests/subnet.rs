@@ -433,6 +433,7 @@ fn master_killed_at_30_and_80_percent() {
         "with two masters killed the DP sent {wan} B, one agent alone {single} B"
     );
     assert_eq!(results.len(), 3);
+    let mut elections = 0;
     for a in net.agents.iter().filter(|a| !killed.contains(&a.name)) {
         verify_cache(&s, a);
         let st = a.status();
@@ -441,7 +442,47 @@ fn master_killed_at_30_and_80_percent() {
             "{}: {st:#}",
             a.name
         );
+        elections = elections.max(st["elections"].as_u64().unwrap_or(0));
     }
+    simnet_agrees(&s, wan, elections);
+}
+
+/// simnet on the same small scenario (the same two files, 5 agents, the
+/// WAN at 512 KiB/s, one DP request at a time, the same election timing,
+/// the master killed at 30% and 80%) reports the WAN bytes and elections
+/// of the real run within 10%.
+fn simnet_agrees(s: &Series, real_wan: u64, real_elections: u64) {
+    let dir = s.dir.path();
+    let scenario = format!(
+        "name = \"the subnet test, simulated\"\n\
+         [package]\nold = {old:?}\nnew = {new:?}\nunit_kib = 1024\nmanifest_bytes = 400\n\
+         [timing]\nheartbeat_ms = 200\nmaster_timeout_ms = 1500\nsettle_ms = 800\npoll_ms = 100\ndp_concurrency = 1\n\
+         [[branches]]\nagents = 5\nwan_mbps = 4.194304\nwan_latency_ms = 0.1\nlan_mbps = 10000\nlan_latency_ms = 0.05\n\
+         [[faults]]\nkind = \"master_crash\"\nat_fraction = 0.3\n\
+         [[faults]]\nkind = \"master_crash\"\nat_fraction = 0.8\n",
+        old = dir.join("big-src1/image.bin"),
+        new = dir.join("big-src2/image.bin"),
+    );
+    let sc = peerdelta_simnet::scenario::Scenario::parse(&scenario).unwrap();
+    let r = peerdelta_simnet::run(&sc, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let b = &r.per_branch[0];
+    eprintln!(
+        "real: {real_wan} B, {real_elections} elections; simnet: {} B, {} elections",
+        b.wan_bytes, b.elections
+    );
+    let off = (b.wan_bytes as f64 - real_wan as f64).abs() / real_wan as f64;
+    assert!(
+        off <= 0.10,
+        "simnet WAN {} B vs real {real_wan} B",
+        b.wan_bytes
+    );
+    let off = (b.elections as f64 - real_elections as f64).abs() / real_elections.max(1) as f64;
+    assert!(
+        off <= 0.10,
+        "simnet {} elections vs real {real_elections}",
+        b.elections
+    );
 }
 
 #[test]
