@@ -60,6 +60,9 @@ pub struct ConfigFile {
 /// master_timeout_ms = 3000                # a silent master is replaced after this
 /// settle_ms = 1500
 /// reelect_secs = 300                      # periodic re-election
+/// concurrency = 4                         # DP requests in flight (master)
+/// request_bytes = 4194304                 # most bytes in one DP request
+/// upload_slots = 6                        # peers' range requests served at once; more: "busy"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,6 +93,9 @@ pub struct AgentFile {
     pub concurrency: usize,
     /// Most bytes in one DP request.
     pub request_bytes: u64,
+    /// Range requests from peers answered at once; more get "busy", so
+    /// new blocks spread from the first peers that got them.
+    pub upload_slots: u32,
 }
 
 /// The control API's default address.
@@ -112,6 +118,7 @@ impl Default for AgentFile {
             reelect_secs: t.reelect_ms / 1000,
             concurrency: 4,
             request_bytes: 4 << 20,
+            upload_slots: 6,
         }
     }
 }

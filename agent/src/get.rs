@@ -1001,6 +1001,8 @@ async fn lan_runs(
         })
         .collect();
     let done = |_: usize, u: &swarm::Unit| journal.covers(u.offset..u.offset + u.len);
+    // Peers that answered "busy" in the last round.
+    let mut busy = std::collections::BTreeSet::new();
     loop {
         if units.iter().all(|u| done(0, u)) {
             return Ok(());
@@ -1015,6 +1017,7 @@ async fn lan_runs(
             holders: lan.coverage(&f.hash).await,
             base_holders,
             banned: lan.banned(),
+            busy: std::mem::take(&mut busy),
         };
         let plan = swarm::assign(&units, done, &view);
         let from_lan: Vec<(usize, From<libp2p::PeerId>)> = plan
@@ -1054,10 +1057,12 @@ async fn lan_runs(
                 _ => batches.push((peer, content, at, len, vec![i])),
             }
         }
-        let results: Vec<Result<u64, JobError>> = stream::iter(batches)
+        let results: Vec<Result<(u64, Option<libp2p::PeerId>), JobError>> = stream::iter(batches)
             .map(|(peer, content, at, len, idx)| async move {
-                let Some(bytes) = lan.range(peer, content, at, len).await else {
-                    return Ok(0);
+                let bytes = match lan.range_or_busy(peer, content, at, len).await {
+                    Ok(b) => b,
+                    Err(true) => return Ok((0, Some(peer))),
+                    Err(false) => return Ok((0, None)),
                 };
                 let mut written = Vec::new();
                 let mut pos = 0usize;
@@ -1096,14 +1101,16 @@ async fn lan_runs(
                         report_failure(ctx, f.hash, &format!("peer {peer}"), &detail).await;
                     }
                 }
-                Ok(n)
+                Ok((n, None))
             })
             .buffer_unordered(8)
             .collect()
             .await;
         let mut progress = 0;
         for r in results {
-            progress += r?;
+            let (n, was_busy) = r?;
+            progress += n;
+            busy.extend(was_busy);
         }
         if progress == 0 {
             lan.wait(Duration::from_millis(100)).await;

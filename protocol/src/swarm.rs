@@ -8,7 +8,10 @@
 //! 1. done already (journaled as verified): nothing;
 //! 2. a seed run whose base we hold: our own disk;
 //! 3. a peer that holds those target bytes verified (the master's finished
-//!    runs, or another peer's): the LAN, least-loaded holder first;
+//!    runs, or another peer's): the LAN, least-loaded holder first, a
+//!    holder that just answered "busy" (its upload slots full) only when no
+//!    other has the bytes, and then not this round: the bytes spread from
+//!    the first peers that got them instead of queueing at the master;
 //! 4. a seed run whose base a peer holds: alt-copy of the base bytes over
 //!    the LAN;
 //! 5. the DP, and only for the master: the WAN;
@@ -60,6 +63,9 @@ pub struct View<P> {
     pub base_holders: BTreeSet<P>,
     /// Peers banned for this transfer.
     pub banned: BTreeSet<P>,
+    /// Peers that just answered "busy" (all their upload slots taken):
+    /// another holder is preferred; a unit only busy peers hold waits.
+    pub busy: BTreeSet<P>,
 }
 
 impl<P> Default for View<P> {
@@ -70,6 +76,7 @@ impl<P> Default for View<P> {
             holders: BTreeMap::new(),
             base_holders: BTreeSet::new(),
             banned: BTreeSet::new(),
+            busy: BTreeSet::new(),
         }
     }
 }
@@ -92,16 +99,24 @@ pub fn assign<P: Ord + Clone>(
             continue;
         }
         let end = u.offset + u.len;
+        let mut held = false;
         let holder = view
             .holders
             .iter()
             .filter(|(p, _)| !view.banned.contains(*p))
             .filter(|(_, ranges)| covers(ranges, u.offset, end))
+            .inspect(|_| held = true)
+            .filter(|(p, _)| !view.busy.contains(*p))
             .min_by_key(|(p, _)| load.get(*p).copied().unwrap_or(0))
             .map(|(p, _)| p.clone());
         if let Some(p) = holder {
             *load.entry(p.clone()).or_default() += u.len;
             out.push((i, From::Peer(p)));
+            continue;
+        }
+        if held {
+            // Only busy peers hold it: wait for a free slot (never the
+            // WAN, nor a base holder, for bytes the subnet has).
             continue;
         }
         if u.seed_offset.is_some() {
@@ -260,5 +275,23 @@ mod tests {
             merge(&[(10, 5), (0, 10), (20, 1), (15, 0)]),
             vec![(0, 15), (20, 1)]
         );
+    }
+
+    #[test]
+    fn busy_holders_are_avoided_and_never_sent_to_the_dp() {
+        let mut v: View<u32> = View {
+            may_use_dp: true,
+            ..View::default()
+        };
+        v.holders.insert(1, vec![(0, 1000)]);
+        v.holders.insert(2, vec![(100, 50)]);
+        v.busy.insert(1);
+        let a = assign(&units(), |_, _| false, &v);
+        // Unit at 100 from the free peer 2; the others only busy peer 1
+        // holds: they wait, they do not go to the DP.
+        assert_eq!(a, vec![(1, From::Peer(2))]);
+        v.busy.clear();
+        let a = assign(&units(), |_, _| false, &v);
+        assert!(a.iter().all(|(_, f)| matches!(f, From::Peer(_))), "{a:?}");
     }
 }

@@ -119,6 +119,8 @@ pub enum Response {
     Refused(String),
     /// The peer cannot work with us, and says why.
     Incompatible(String),
+    /// All the peer's upload slots are taken: ask another holder, or again later.
+    Busy,
 }
 
 /// `Vec<u8>` as one length-prefixed byte string (postcard encodes a

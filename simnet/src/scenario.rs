@@ -30,6 +30,7 @@
 //! poll_ms = 100                    # a waiting peer looks again this often
 //! dp_concurrency = 4               # master: DP requests in flight
 //! lan_concurrency = 8              # any agent: LAN requests in flight
+//! upload_slots = 6                 # LAN requests answered at once; more: "busy"
 //!
 //! [[branches]]                     # a group of identical branches
 //! count = 1
@@ -218,6 +219,8 @@ pub struct TimingSpec {
     pub dp_concurrency: u32,
     /// LAN requests in flight (per agent).
     pub lan_concurrency: u32,
+    /// LAN requests an agent answers at once; more get "busy" (0: no limit).
+    pub upload_slots: u32,
 }
 
 impl Default for TimingSpec {
@@ -231,6 +234,7 @@ impl Default for TimingSpec {
             poll_ms: 100,
             dp_concurrency: 4,
             lan_concurrency: 8,
+            upload_slots: 6,
         }
     }
 }

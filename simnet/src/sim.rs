@@ -174,6 +174,10 @@ struct Agent {
     silent: bool,
     /// Its peers were told it is gone.
     gone_told: bool,
+    /// LAN requests it is answering.
+    uploads: u32,
+    /// Peers that answered "busy" since its last round.
+    busy_seen: std::collections::BTreeSet<u32>,
 }
 
 #[derive(Debug)]
@@ -220,6 +224,12 @@ enum Ev {
     Fault(u32),
     /// An agent's uptime ends: it shuts down (peers see it go).
     Leave(u32),
+    /// A peer answered "busy" (its upload slots were full).
+    LanBusy {
+        agent: u32,
+        epoch: u32,
+        from: u32,
+    },
 }
 
 /// Run-time figures gathered for the report.
@@ -480,6 +490,8 @@ impl<'a> Sim<'a> {
             src: Sources::default(),
             silent: false,
             gone_told: false,
+            uploads: 0,
+            busy_seen: Default::default(),
         });
         id
     }
@@ -539,6 +551,10 @@ impl<'a> Sim<'a> {
                 from_epoch,
                 alt,
             } => {
+                if self.live(from, from_epoch) {
+                    let f = &mut self.agents[from as usize];
+                    f.uploads = f.uploads.saturating_sub(1);
+                }
                 if !self.live(agent, epoch) {
                     return;
                 }
@@ -577,6 +593,14 @@ impl<'a> Sim<'a> {
                 self.fault(k as usize);
             }
             Ev::Leave(a) => self.crash(a, false),
+            Ev::LanBusy { agent, epoch, from } => {
+                if self.live(agent, epoch) {
+                    let ag = &mut self.agents[agent as usize];
+                    ag.lan_inflight -= 1;
+                    ag.busy_seen.insert(from);
+                    self.pump_lan(agent);
+                }
+            }
         }
     }
 
@@ -849,12 +873,15 @@ impl<'a> Sim<'a> {
         if ag.done_units == ag.done.len() {
             return self.complete(a);
         }
+        let busy = std::mem::take(&mut self.agents[a as usize].busy_seen);
+        let ag = &self.agents[a as usize];
         let b = ag.branch;
         let is_master = ag.election.as_ref().is_some_and(|e| e.is_master());
         let members = &self.branches[b as usize].members;
         let mut view: View<u32> = View {
             have_base: ag.holding == Holding::Base,
             may_use_dp: is_master,
+            busy,
             ..View::default()
         };
         // Units some peer holds and we lack.
@@ -971,8 +998,27 @@ impl<'a> Sim<'a> {
             let Some((i, p, alt)) = ag.lan_queue.pop_front() else {
                 break;
             };
+            if ag.busy_seen.contains(&p) {
+                // It said busy this round: the next round decides again.
+                continue;
+            }
             ag.lan_inflight += 1;
             let epoch = ag.epoch;
+            let slots = self.sc.timing.upload_slots;
+            if slots > 0 && self.agents[p as usize].uploads >= slots {
+                let latency = self.branches[self.agents[a as usize].branch as usize].lan_latency;
+                let at = self.now + 2 * latency;
+                self.push(
+                    at,
+                    Ev::LanBusy {
+                        agent: a,
+                        epoch,
+                        from: p,
+                    },
+                );
+                continue;
+            }
+            self.agents[p as usize].uploads += 1;
             let len = self.content.units[i].len;
             let arrive = self.lan_send(p, a, len);
             let from_epoch = self.agents[p as usize].epoch;

@@ -215,14 +215,15 @@ impl Lan {
         out
     }
 
-    /// Bytes of a content from one peer (the caller verifies them).
-    pub async fn range(
+    /// Bytes of a content from one peer (the caller verifies them), or
+    /// whether it was busy.
+    pub async fn range_or_busy(
         &self,
         peer: PeerId,
         content: ContentHash,
         offset: u64,
         len: u64,
-    ) -> Option<Vec<u8>> {
+    ) -> Result<Vec<u8>, bool> {
         let r = Request::Range {
             content,
             offset,
@@ -231,9 +232,21 @@ impl Lan {
         match self.ask(peer, r).await {
             Some(Response::Bytes(b)) => {
                 self.got(b.len());
-                Some(b)
+                Ok(b)
             }
-            _ => None,
+            Some(Response::Busy) => Err(true),
+            _ => Err(false),
         }
+    }
+
+    /// Bytes of a content from one peer (the caller verifies them).
+    pub async fn range(
+        &self,
+        peer: PeerId,
+        content: ContentHash,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<u8>> {
+        self.range_or_busy(peer, content, offset, len).await.ok()
     }
 }

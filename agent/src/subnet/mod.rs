@@ -792,6 +792,10 @@ fn answer(d: &Daemon, peer: PeerId, r: Request) -> Response {
                 }
             }
         }
+        Request::Range { .. } if d.cfg.upload_slots > 0 && d.net.uploads() > d.cfg.upload_slots => {
+            // This request holds a slot too, hence `>`.
+            Response::Busy
+        }
         Request::Range {
             content,
             offset,

@@ -151,9 +151,16 @@ pub struct Net {
     tx: mpsc::UnboundedSender<Cmd>,
     links: Arc<Mutex<BTreeMap<PeerId, PeerLink>>>,
     listening: Arc<Mutex<Vec<Multiaddr>>>,
+    uploads: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Net {
+    /// Range requests received and not yet answered to the end (their
+    /// bytes still being read or sent): the upload slots in use.
+    pub fn uploads(&self) -> u32 {
+        self.uploads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends a request and waits for the answer.
     pub async fn request(&self, peer: PeerId, r: Request) -> anyhow::Result<Response> {
         let (tx, rx) = oneshot::channel();
@@ -266,6 +273,7 @@ pub fn start(
         tx,
         links: Arc::default(),
         listening: Arc::default(),
+        uploads: Arc::default(),
     };
     let handle = net.clone();
     let statics = cfg.peers.clone();
@@ -274,7 +282,19 @@ pub fn start(
             HashMap::new();
         // Static peers we reached, by address: redial those not connected.
         let mut static_peer: HashMap<Multiaddr, PeerId> = HashMap::new();
+        // Peers mDNS found (until their records expire): mDNS reports a peer
+        // once, so one failed dial must not lose it; redialed like statics.
+        let mut found_by_mdns: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         let mut redial = tokio::time::interval(Duration::from_secs(3));
+        // Range requests in progress (upload slots), until sent or failed.
+        let mut ranges_in: std::collections::HashSet<request_response::InboundRequestId> =
+            std::collections::HashSet::new();
+        let uploads = handle.uploads.clone();
+        let slot_freed = |ranges_in: &mut std::collections::HashSet<_>, id| {
+            if ranges_in.remove(&id) {
+                uploads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         loop {
             tokio::select! {
                 _ = redial.tick() => {
@@ -283,6 +303,15 @@ pub fn start(
                         let connected = static_peer.get(a).is_some_and(|p| links.contains_key(p));
                         if !connected && let Err(e) = swarm.dial(a.clone()) {
                             tracing::debug!("dialing {a}: {e}");
+                        }
+                    }
+                    for (peer, addrs) in &found_by_mdns {
+                        if !links.contains_key(peer) {
+                            for a in addrs {
+                                if let Err(e) = swarm.dial(a.clone()) {
+                                    tracing::debug!("dialing {a}: {e}");
+                                }
+                            }
                         }
                     }
                 }
@@ -340,16 +369,36 @@ pub fn start(
                     SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                         let links = handle.links();
                         for (peer, addr) in found {
-                            if peer != local && !links.contains_key(&peer) {
+                            if peer == local {
+                                continue;
+                            }
+                            let known = found_by_mdns.entry(peer).or_default();
+                            if !known.contains(&addr) {
+                                known.push(addr.clone());
+                            }
+                            if !links.contains_key(&peer) {
                                 tracing::info!(%peer, %addr, "discovered by mDNS");
                                 let _ = swarm.dial(addr);
                             }
                         }
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(_))) => {}
+                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                        for (peer, addr) in gone {
+                            if let Some(known) = found_by_mdns.get_mut(&peer) {
+                                known.retain(|a| *a != addr);
+                                if known.is_empty() {
+                                    found_by_mdns.remove(&peer);
+                                }
+                            }
+                        }
+                    }
                     SwarmEvent::Behaviour(BehaviourEvent::Rr(e)) => match e {
                         request_response::Event::Message { peer, message, .. } => match message {
-                            request_response::Message::Request { request, channel, .. } => {
+                            request_response::Message::Request { request, channel, request_id } => {
+                                if matches!(request, Request::Range { .. }) {
+                                    ranges_in.insert(request_id);
+                                    handle.uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
                                 let _ = in_tx.send(Incoming { peer, request, channel });
                             }
                             request_response::Message::Response { request_id, response } => {
@@ -369,10 +418,13 @@ pub fn start(
                                 let _ = tx.send(Err(msg));
                             }
                         }
-                        request_response::Event::InboundFailure { peer, error, .. } => {
+                        request_response::Event::InboundFailure { peer, error, request_id, .. } => {
                             tracing::debug!(%peer, "inbound request failed: {error}");
+                            slot_freed(&mut ranges_in, request_id);
                         }
-                        request_response::Event::ResponseSent { .. } => {}
+                        request_response::Event::ResponseSent { request_id, .. } => {
+                            slot_freed(&mut ranges_in, request_id);
+                        }
                     },
                     _ => {}
                 }
