@@ -45,35 +45,59 @@ pub enum ContentError {
 }
 
 impl Content {
-    /// The package's content, synthetic or from its files.
-    pub fn of(p: &Package) -> Result<Content, ContentError> {
+    /// The package's content, synthetic (drawn with `seed`) or from its files.
+    pub fn of(p: &Package, seed: u64) -> Result<Content, ContentError> {
         match (&p.old, &p.new) {
             (Some(old), Some(new)) => Content::from_files(old, new, p),
-            _ => Ok(Content::synthetic(p)),
+            _ => Ok(Content::synthetic(p, seed)),
         }
     }
 
-    /// `regions` changed regions spread evenly over a file of `size_mib`,
-    /// `changed` of it in all; runs split at `unit_kib`.
-    pub fn synthetic(p: &Package) -> Content {
+    /// `regions` changed regions over a file of `size_mib`, `changed` of it
+    /// in all; runs split at `unit_kib` (origin) and `seed_unit_kib`.
+    pub fn synthetic(p: &Package, seed: u64) -> Content {
         let size = (p.size_mib.unwrap_or(1.0) * 1048576.0) as u64;
         let max = p.unit_kib << 10;
-        let regions = p.regions.max(1);
+        let regions = p.regions.max(1) as usize;
         let origin_total = (size as f64 * p.changed) as u64;
-        let per_region = origin_total / regions;
-        let gap = (size - per_region * regions) / regions;
+        // Changed regions and the unchanged stretches between them: equal,
+        // or (the default) exponentially distributed sizes, as edits are.
+        let mut rng = crate::sim::Rng::new(seed ^ 0xC0_FFEE);
+        let mut weights = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    if p.uniform {
+                        1.0
+                    } else {
+                        -(1.0 - rng.unit()).ln()
+                    }
+                })
+                .collect()
+        };
+        let split = |total: u64, w: &[f64]| -> Vec<u64> {
+            let sum: f64 = w.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+            let mut out: Vec<u64> = w.iter().map(|x| (total as f64 * x / sum) as u64).collect();
+            let given: u64 = out.iter().sum();
+            if let Some(last) = out.last_mut() {
+                *last += total - given.min(total);
+            }
+            out
+        };
+        let origin = split(origin_total, &weights(regions));
+        let gaps = split(size - origin_total, &weights(regions + 1));
         let mut runs: Vec<(u64, u64, bool)> = Vec::new();
         let mut at = 0u64;
-        for r in 0..regions {
-            let seed = if r + 1 == regions {
-                size - at - per_region
-            } else {
-                gap
-            };
-            runs.push((at, seed, true));
-            at += seed;
-            runs.push((at, per_region, false));
-            at += per_region;
+        for (k, gap) in gaps.iter().enumerate() {
+            if *gap > 0 {
+                runs.push((at, *gap, true));
+                at += gap;
+            }
+            if let Some(&o) = origin.get(k)
+                && o > 0
+            {
+                runs.push((at, o, false));
+                at += o;
+            }
         }
         Content::from_runs(size, &runs, (max, p.seed_unit_kib << 10), p)
     }
@@ -161,7 +185,8 @@ mod tests {
             "name = \"x\"\n[package]\nsize_mib = 64\nchanged = 0.05\nregions = 10\nunit_kib = 1024\n[[branches]]\nagents = 1\n",
         )
         .unwrap();
-        let c = Content::synthetic(&s.package);
+        let c = Content::synthetic(&s.package, 1);
+        assert!(c.units.iter().filter(|u| u.seed_offset.is_none()).count() >= 10);
         let mut at = 0;
         for u in &c.units {
             assert_eq!(u.offset, at);
@@ -175,7 +200,7 @@ mod tests {
         }
         assert_eq!(at, c.size);
         let expect = (64.0 * 1048576.0 * 0.05) as u64;
-        assert!(c.origin_bytes.abs_diff(expect) < 16, "{}", c.origin_bytes);
+        assert_eq!(c.origin_bytes, expect);
     }
 
     #[test]

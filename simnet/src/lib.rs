@@ -28,7 +28,7 @@ use sim::{Outcome, Sim};
 /// outcome (time series for plots).
 pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<(Report, Outcome), ContentError> {
     let seed = seed.unwrap_or(scenario.seed);
-    let content = Content::of(&scenario.package)?;
+    let content = Content::of(&scenario.package, seed)?;
     let started = Instant::now();
     let outcome = Sim::new(scenario, &content, seed).run();
     let wall = started.elapsed().as_secs_f64();

@@ -13,6 +13,7 @@
 //! size_mib = 4096
 //! changed = 0.03                   # fraction of the file that is new
 //! regions = 200                    # changed regions (needs-list origin runs)
+//! uniform = false                  # equal sizes; default: exponential sizes
 //! unit_kib = 1024                  # largest origin unit the scheduler moves
 //! seed_unit_kib = 16384            # largest seed unit (synthetic)
 //! behind_changed = 0.2             # fraction an agent 6+ versions behind lacks
@@ -157,6 +158,10 @@ pub struct Package {
     /// Synthetic: how many changed regions (origin runs before splitting).
     #[serde(default = "regions")]
     pub regions: u64,
+    /// Synthetic: equal region and gap sizes (default: exponentially
+    /// distributed, drawn with the run's seed).
+    #[serde(default)]
+    pub uniform: bool,
     /// Largest origin unit the scheduler moves, KiB.
     #[serde(default = "unit_kib")]
     pub unit_kib: u64,

@@ -326,6 +326,19 @@ fn masters(results: &[serde_json::Value]) -> usize {
     results.iter().filter(|j| j["role"] == "master").count()
 }
 
+/// One WAN download: exactly one agent fetched from the DP, and some agent
+/// is master. (Which: a peer that completes before the master, from the
+/// master's and its own blocks, takes over by the election's rule that a
+/// holder of the complete target wins; the WAN is then not needed at all.)
+fn one_wan_user(results: &[serde_json::Value]) {
+    let users = results
+        .iter()
+        .filter(|j| j["summary"]["dp_bytes"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert_eq!(users, 1, "{results:#?}");
+    assert!(masters(results) >= 1, "{results:#?}");
+}
+
 #[test]
 fn five_agents_one_wan_download() {
     let s = published_series();
@@ -344,7 +357,7 @@ fn five_agents_one_wan_download() {
         wan as f64 <= 1.02 * single as f64,
         "five agents cost the DP {wan} B, one alone {single} B"
     );
-    assert_eq!(masters(&results), 1, "{results:#?}");
+    one_wan_user(&results);
     let lan: u64 = results
         .iter()
         .map(|j| j["summary"]["lan_bytes"].as_u64().unwrap_or(0))
@@ -500,7 +513,7 @@ fn alt_copy_from_the_only_holder_of_v1() {
     // a1..a3 want v2; a0 is not a candidate, so not the master ...
     let want: Vec<&Agent> = net.agents.iter().skip(1).collect();
     let results = get_all(&want);
-    assert_eq!(masters(&results), 1, "{results:#?}");
+    one_wan_user(&results);
     let wan = metric(&dp.addr, PAYLOAD) - p0;
     eprintln!("single run (holding v1) {single} B; alt-copy subnet {wan} B");
     // ... and still only the origin runs cross the WAN: the seed runs came
@@ -627,7 +640,7 @@ fn agents_on_a_bridge_find_each_other_by_mdns() {
     }
     let p0 = metric(&addr, PAYLOAD);
     let results = get_all(&agents.iter().collect::<Vec<_>>());
-    assert_eq!(masters(&results), 1, "{results:#?}");
+    one_wan_user(&results);
     let wan = metric(&addr, PAYLOAD) - p0;
     eprintln!("three agents on a bridge, found by mDNS: DP sent {wan} B");
     for a in &agents {
