@@ -313,7 +313,8 @@ pub struct Fault {
     pub kind: FaultKind,
     /// When, seconds.
     pub at_s: Option<f64>,
-    /// When, as a fraction of the master's expected DP bytes (master crashes).
+    /// When, as a fraction of the update's origin bytes the branch has
+    /// received from the DP (master crashes; as the subnet test measures it).
     pub at_fraction: Option<f64>,
     /// Which branch (index over all branches); every branch when omitted.
     pub branch: Option<u64>,
@@ -384,13 +385,25 @@ impl Scenario {
         if self.branches.is_empty() {
             return bad("no [[branches]]".into());
         }
-        let agents: u64 = self
-            .branches
-            .iter()
-            .map(|b| b.count * u64::from(b.agents))
-            .sum();
-        if agents == 0 || agents > 1_000_000 {
-            return bad(format!("{agents} agents: between 1 and 1,000,000"));
+        let agents = self.branches.iter().try_fold(0u64, |acc, b| {
+            b.count
+                .checked_mul(u64::from(b.agents))
+                .and_then(|n| acc.checked_add(n))
+        });
+        match agents {
+            Some(n) if (1..=1_000_000).contains(&n) => {}
+            _ => return bad("between 1 and 1,000,000 agents in all branches".into()),
+        }
+        let branches: u64 = self.branches.iter().map(|b| b.count).sum();
+        const YEAR_S: f64 = 366.0 * 86400.0;
+        let time_ok = |t: f64| t.is_finite() && (0.0..=YEAR_S).contains(&t);
+        if !time_ok(self.limit_s) || self.limit_s == 0.0 {
+            return bad("limit_s: seconds, more than 0 and at most a year".into());
+        }
+        for w in &self.dp.outages {
+            if !time_ok(w.start_s) || !time_ok(w.end_s) || w.end_s < w.start_s {
+                return bad("dp.outages: start_s <= end_s, within a year".into());
+            }
         }
         for (i, b) in self.branches.iter().enumerate() {
             if b.agents == 0 || b.agents > 1000 {
@@ -414,13 +427,22 @@ impl Scenario {
                 return bad(format!("branches[{i}].uptime_s must be >= 0"));
             }
             for (name, v) in [("wan_mbps", b.wan_mbps), ("lan_mbps", b.lan_mbps)] {
-                if !(v > 0.0 && v.is_finite()) {
-                    return bad(format!("branches[{i}].{name} must be positive"));
+                if !(v.is_finite() && (0.001..=1e6).contains(&v)) {
+                    return bad(format!("branches[{i}].{name}: 0.001 to 1,000,000"));
+                }
+            }
+            for (name, v) in [
+                ("wan_latency_ms", b.wan_latency_ms),
+                ("lan_latency_ms", b.lan_latency_ms),
+                ("start_spread_s", b.start_spread_s),
+            ] {
+                if !time_ok(v) {
+                    return bad(format!("branches[{i}].{name}: 0 up to a year"));
                 }
             }
         }
-        if !(self.dp.uplink_mbps > 0.0 && self.dp.uplink_mbps.is_finite()) {
-            return bad("dp.uplink_mbps must be positive".into());
+        if !(self.dp.uplink_mbps.is_finite() && (0.001..=1e7).contains(&self.dp.uplink_mbps)) {
+            return bad("dp.uplink_mbps: 0.001 to 10,000,000".into());
         }
         let p = &self.package;
         match (p.size_mib, &p.old, &p.new) {
@@ -436,6 +458,9 @@ impl Scenario {
         if !(0.0..=1.0).contains(&p.changed) || !(0.0..=1.0).contains(&p.behind_changed) {
             return bad("package.changed and behind_changed are fractions".into());
         }
+        if p.regions == 0 || p.regions > 1_000_000 {
+            return bad("package.regions: 1..=1000000".into());
+        }
         if p.unit_kib == 0
             || p.unit_kib > 64 * 1024
             || p.seed_unit_kib == 0
@@ -444,9 +469,19 @@ impl Scenario {
             return bad("package.unit_kib: 1..=65536, seed_unit_kib: 1..=1048576".into());
         }
         let t = &self.timing;
-        if t.heartbeat_ms == 0 || t.poll_ms == 0 || t.dp_concurrency == 0 || t.lan_concurrency == 0
+        let ms_ok = |v: u64| (1..=86_400_000).contains(&v);
+        if !ms_ok(t.heartbeat_ms)
+            || !ms_ok(t.poll_ms)
+            || !ms_ok(t.master_timeout_ms)
+            || t.settle_ms > 86_400_000
+            || t.reelect_s > 86_400 * 366
+            || t.dp_concurrency == 0
+            || t.lan_concurrency == 0
         {
-            return bad("timing: heartbeat_ms, poll_ms and concurrencies must be positive".into());
+            return bad(
+                "timing: heartbeat_ms, poll_ms, master_timeout_ms 1 ms..1 day; concurrencies positive"
+                    .into(),
+            );
         }
         for (i, f) in self.faults.iter().enumerate() {
             let when = match (f.at_s, f.at_fraction) {
@@ -461,6 +496,20 @@ impl Scenario {
             }
             if matches!(f.kind, FaultKind::DpOutage | FaultKind::LinkCut) && f.end_s.is_none() {
                 return bad(format!("faults[{i}]: {:?} needs end_s", f.kind));
+            }
+            if f.at_s.is_some_and(|t| !time_ok(t))
+                || f.end_s
+                    .is_some_and(|t| !time_ok(t) || f.at_s.is_some_and(|a| t < a))
+            {
+                return bad(format!("faults[{i}]: at_s <= end_s, within a year"));
+            }
+            if f.branch.is_some_and(|b| b >= branches) {
+                return bad(format!(
+                    "faults[{i}].branch: there are {branches} branches (0..{branches})"
+                ));
+            }
+            if f.agents == 0 || f.agents > 10_000 {
+                return bad(format!("faults[{i}].agents: 1..=10000"));
             }
         }
         Ok(())

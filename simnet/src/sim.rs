@@ -230,6 +230,8 @@ enum Ev {
         epoch: u32,
         from: u32,
     },
+    /// The DP (or the branch's link) is back: a master goes on fetching.
+    DpResume(u32, u32),
 }
 
 /// Run-time figures gathered for the report.
@@ -311,7 +313,8 @@ pub struct Sim<'a> {
 }
 
 fn us(s: f64) -> Us {
-    (s.max(0.0) * SEC) as Us
+    // Scenario times are checked to be finite and at most a year.
+    (s.clamp(0.0, 366.0 * 86400.0) * SEC) as Us
 }
 
 impl<'a> Sim<'a> {
@@ -554,6 +557,9 @@ impl<'a> Sim<'a> {
                 if self.live(from, from_epoch) {
                     let f = &mut self.agents[from as usize];
                     f.uploads = f.uploads.saturating_sub(1);
+                    // A free upload slot: peers waiting on it look again.
+                    let fb = f.branch;
+                    self.changed(fb);
                 }
                 if !self.live(agent, epoch) {
                     return;
@@ -593,6 +599,17 @@ impl<'a> Sim<'a> {
                 self.fault(k as usize);
             }
             Ev::Leave(a) => self.crash(a, false),
+            Ev::DpResume(a, epoch) => {
+                if self.live(a, epoch) {
+                    let ag = &self.agents[a as usize];
+                    let master = ag.election.as_ref().is_some_and(|e| e.is_master());
+                    if !ag.has_meta && master && ag.phase != Phase::MetaFetch {
+                        self.fetch_meta(a);
+                    } else {
+                        self.pump_dp(a);
+                    }
+                }
+            }
             Ev::LanBusy { agent, epoch, from } => {
                 if self.live(agent, epoch) {
                     let ag = &mut self.agents[agent as usize];
@@ -797,6 +814,14 @@ impl<'a> Sim<'a> {
 
     fn fetch_meta(&mut self, a: u32) {
         let bytes = self.content.manifest_bytes + self.content.needs_bytes;
+        let (epoch, b) = (
+            self.agents[a as usize].epoch,
+            self.agents[a as usize].branch,
+        );
+        if let Some(t) = self.blocked_until(b) {
+            self.push(t, Ev::DpResume(a, epoch));
+            return;
+        }
         let ag = &mut self.agents[a as usize];
         if ag.phase == Phase::Meta {
             ag.phase = Phase::MetaFetch;
@@ -902,7 +927,9 @@ impl<'a> Sim<'a> {
             if lacks && !pa.coverage.is_empty() {
                 view.holders.insert(p, pa.coverage.clone());
             }
-            if pa.holding == Holding::Base {
+            // Base holders matter only to an agent without the base (with
+            // it, `assign` takes seed runs locally first).
+            if pa.holding == Holding::Base && !view.have_base {
                 view.base_holders.insert(p);
             }
         }
@@ -970,7 +997,7 @@ impl<'a> Sim<'a> {
                 if *f > 1 {
                     let held = self.branches[b as usize].members.iter().any(|&p| {
                         let pa = &self.agents[p as usize];
-                        pa.alive && pa.done.get(i).copied().unwrap_or(false)
+                        pa.alive && pa.weight > 0 && pa.done.get(i).copied().unwrap_or(false)
                     });
                     if held {
                         self.trace.violations.push(format!(
@@ -1042,6 +1069,18 @@ impl<'a> Sim<'a> {
 
     fn pump_dp(&mut self, a: u32) {
         let max = self.sc.timing.dp_concurrency;
+        let (epoch, b) = (
+            self.agents[a as usize].epoch,
+            self.agents[a as usize].branch,
+        );
+        if !self.agents[a as usize].dp_queue.is_empty()
+            && let Some(t) = self.blocked_until(b)
+        {
+            // Requests wait for the DP or the link to come back (as the
+            // agent's retries do), without holding the shared uplink.
+            self.push(t, Ev::DpResume(a, epoch));
+            return;
+        }
         loop {
             let ag = &mut self.agents[a as usize];
             if ag.dp_inflight >= max {
@@ -1073,21 +1112,31 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Reserves the DP uplink and the branch's WAN link for `bytes`; returns
-    /// the arrival time.
-    fn dp_send(&mut self, b: u32, bytes: u64, content_for: Option<(u32, u32)>) -> Us {
+    /// When the DP and branch `b`'s link are both up again, if either is
+    /// down now (windows may overlap or follow each other).
+    fn blocked_until(&self, b: u32) -> Option<Us> {
         let mut at = self.now;
-        for &(s, e) in &self.dp_outages {
-            if at >= s && at < e {
-                at = e;
+        loop {
+            let next = self
+                .dp_outages
+                .iter()
+                .chain(&self.branches[b as usize].wan_cut)
+                .filter(|(s, e)| at >= *s && at < *e)
+                .map(|w| w.1)
+                .max();
+            match next {
+                Some(e) => at = e,
+                None => break,
             }
         }
+        (at > self.now).then_some(at)
+    }
+
+    /// Reserves the DP uplink and the branch's WAN link for `bytes` (both
+    /// up: the callers wait out outages); returns the arrival time.
+    fn dp_send(&mut self, b: u32, bytes: u64, content_for: Option<(u32, u32)>) -> Us {
+        let at = self.now;
         let br = &mut self.branches[b as usize];
-        for &(s, e) in &br.wan_cut {
-            if at >= s && at < e {
-                at = e;
-            }
-        }
         let dp_start = at.max(self.dp.busy);
         let dp_end = dp_start + (bytes as f64 * self.dp.us_per_byte) as Us;
         self.dp.busy = dp_end;

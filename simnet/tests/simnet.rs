@@ -176,3 +176,60 @@ fn agents_that_shut_down_do_not_break_the_rollout() {
     assert!(r.finished + r.unfinished < 36, "some agents left");
     assert_eq!(r.unfinished, 0);
 }
+
+#[test]
+fn a_link_cut_delays_only_its_branch_and_outages_overlap() {
+    let s = small(
+        "",
+        "[[faults]]\nkind = \"link_cut\"\nbranch = 0\nat_s = 1\nend_s = 300\n\
+         [[faults]]\nkind = \"dp_outage\"\nat_s = 250\nend_s = 400\n",
+    );
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let done: Vec<f64> = r.per_branch.iter().map(|b| b.done_s.unwrap()).collect();
+    // Branch 0 waits for its link (300 s), then for the DP (400 s).
+    assert!(done[0] > 400.0, "{done:?}");
+    assert!(done[1] < 100.0 && done[2] < 100.0, "{done:?}");
+    let ideal = r.origin_bytes + 50_000;
+    assert!(r.per_branch.iter().all(|b| b.wan_bytes == ideal), "{r:?}");
+}
+
+#[test]
+fn one_upload_slot_and_churn_still_finish() {
+    let s = Scenario::parse(
+        "name = \"slots\"\nseed = 4\n[package]\nsize_mib = 64\nregions = 8\nunit_kib = 256\n\
+         [timing]\nupload_slots = 1\n[[branches]]\ncount = 2\nagents = 10\nbase = 0.5\nuptime_s = 40\n",
+    )
+    .unwrap();
+    let r = peerdelta_simnet::run(&s, None).unwrap().0.result;
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.unfinished, 0);
+}
+
+#[test]
+fn scenario_values_out_of_range_are_refused() {
+    for (extra, what) in [
+        (
+            "[[faults]]\nkind = \"master_crash\"\nat_s = 1\nbranch = 3\n",
+            "branch",
+        ),
+        (
+            "[[faults]]\nkind = \"link_cut\"\nat_s = 5\nend_s = 1\n",
+            "end_s",
+        ),
+        (
+            "[[faults]]\nkind = \"dp_outage\"\nat_s = 5\nend_s = inf\n",
+            "end_s",
+        ),
+    ] {
+        let text = format!(
+            "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\ncount = 3\nagents = 2\n{extra}"
+        );
+        let e = Scenario::parse(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {extra}"));
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    let huge = "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\ncount = 4611686018427387905\nagents = 4\n";
+    assert!(Scenario::parse(huge).is_err());
+}
