@@ -8,7 +8,7 @@
 //! role, once per heartbeat. Ranks compare, in order (greater wins):
 //!
 //! 1. holds the target version complete (then the WAN is not used at all);
-//! 2. fraction of the target's bytes held (per mille);
+//! 2. fraction of the target's bytes held (per mille, in 5% steps);
 //! 3. holds a base version that has needs lists to the target;
 //! 4. configured weight (0: never master, and never answers peers);
 //! 5. free cache space;
@@ -74,10 +74,15 @@ impl Rank {
         free_bytes: u64,
     ) -> Rank {
         let complete = versions.contains(&target);
+        // In steps of HELD_STEP per mille: peers copying the same master's
+        // blocks progress together, and ranks that differ by a few blocks
+        // (each agent sees the others' as of their last announcement) made
+        // two agents claim at once after a master loss.
         let held_permille = if complete {
             1000
         } else if total > 0 {
-            ((u128::from(held) * 1000) / u128::from(total)).min(999) as u16
+            let p = ((u128::from(held) * 1000) / u128::from(total)).min(999) as u16;
+            p - p % HELD_STEP
         } else {
             0
         };
@@ -97,6 +102,9 @@ impl Rank {
         self.weight > 0
     }
 }
+
+/// Granularity of [`Rank::held_permille`] from [`Rank::from_holdings`]: 5%.
+pub const HELD_STEP: u16 = 50;
 
 /// Orders candidates `(rank, id)`: greater is better; lower id wins ties.
 pub fn better<P: Ord>(a: (&Rank, &P), b: (&Rank, &P)) -> bool {
@@ -690,7 +698,9 @@ mod tests {
         assert_eq!(r.held_permille, 0);
         // Everything held but not recorded complete stays below complete.
         let r = Rank::from_holdings(7, &[], 1000, 1000, 1, 0);
-        assert_eq!(r.held_permille, 999);
+        assert_eq!(r.held_permille, 950, "steps of 5%, never complete");
+        let r = Rank::from_holdings(7, &[6], 268, 1000, 1, 0);
+        assert_eq!(r.held_permille, 250);
         let r = Rank::from_holdings(7, &[7], 0, 0, 0, 0);
         assert!(r.complete && r.held_permille == 1000 && !r.eligible());
     }

@@ -446,7 +446,7 @@ fn master_killed_at_30_and_80_percent() {
         "with two masters killed the DP sent {wan} B, one agent alone {single} B"
     );
     assert_eq!(results.len(), 3);
-    let mut elections = 0;
+    let mut elections = Vec::new();
     for a in net.agents.iter().filter(|a| !killed.contains(&a.name)) {
         verify_cache(&s, a);
         let st = a.status();
@@ -455,16 +455,18 @@ fn master_killed_at_30_and_80_percent() {
             "{}: {st:#}",
             a.name
         );
-        elections = elections.max(st["elections"].as_u64().unwrap_or(0));
+        elections.push(st["elections"].as_u64().unwrap_or(0));
     }
-    simnet_agrees(&s, wan, elections);
+    simnet_agrees(&s, wan, &elections);
 }
 
 /// simnet on the same small scenario (the same two files, 5 agents, the
 /// WAN at 512 KiB/s, one DP request at a time, the same election timing,
 /// the master killed at 30% and 80%) reports the WAN bytes and elections
 /// of the real run within 10%.
-fn simnet_agrees(s: &Series, real_wan: u64, real_elections: u64) {
+/// (Survivors may count a transient claim the election resolved at once,
+/// so the real count is each survivor's; simnet must match one of them.)
+fn simnet_agrees(s: &Series, real_wan: u64, real_elections: &[u64]) {
     let dir = s.dir.path();
     let scenario = format!(
         "name = \"the subnet test, simulated\"\n\
@@ -481,7 +483,7 @@ fn simnet_agrees(s: &Series, real_wan: u64, real_elections: u64) {
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     let b = &r.per_branch[0];
     eprintln!(
-        "real: {real_wan} B, {real_elections} elections; simnet: {} B, {} elections",
+        "real: {real_wan} B, {real_elections:?} elections; simnet: {} B, {} elections",
         b.wan_bytes, b.elections
     );
     let off = (b.wan_bytes as f64 - real_wan as f64).abs() / real_wan as f64;
@@ -490,10 +492,10 @@ fn simnet_agrees(s: &Series, real_wan: u64, real_elections: u64) {
         "simnet WAN {} B vs real {real_wan} B",
         b.wan_bytes
     );
-    let off = (b.elections as f64 - real_elections as f64).abs() / real_elections.max(1) as f64;
+    let close = |r: &u64| (b.elections as f64 - *r as f64).abs() <= 0.10 * (*r).max(1) as f64;
     assert!(
-        off <= 0.10,
-        "simnet {} elections vs real {real_elections}",
+        real_elections.iter().any(close),
+        "simnet {} elections vs real {real_elections:?}",
         b.elections
     );
 }
@@ -646,4 +648,57 @@ fn agents_on_a_bridge_find_each_other_by_mdns() {
     for a in &agents {
         verify_cache(&s, a);
     }
+}
+
+#[test]
+fn sigterm_mid_transfer_stops_cleanly_and_a_restart_resumes() {
+    let s = published_series();
+    publish_big(&s);
+    let dp = DpServer::start(&s.lib);
+    let single = single_run_pkg(&s, &dp, "big");
+    let cache = s.dir.path().join("term");
+    get_alone_pkg(&s, &dp.url(), &cache, "big", 1);
+    let slow = "[governor]\nmax_rate = \"1 MiB/s\"\n";
+    let agent_cfg = "concurrency = 1\nrequest_bytes = 65536\n";
+    let mut net = start_agents(&s, &dp.url(), std::slice::from_ref(&cache), slow, agent_cfg);
+    let p0 = metric(&dp.addr, PAYLOAD);
+    let pending = start_all(&[&net.agents[0]], "big");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ((metric(&dp.addr, PAYLOAD) - p0) as f64) < 0.5 * single as f64 {
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM: the daemon stops within seconds, exit code 0.
+    let a = &mut net.agents[0];
+    let child = a.child.as_mut().unwrap();
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let stop = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            stop.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", a.logs());
+    assert!(a.logs().contains("SIGTERM"), "{}", a.logs());
+    a.child = None;
+    for h in pending {
+        let _ = h.join();
+    }
+    drop(net);
+    // A restart on the same cache resumes: what was verified stays.
+    let net = start_agents(&s, &dp.url(), std::slice::from_ref(&cache), "", "");
+    let results = wait_all(start_all(&[&net.agents[0]], "big"), &[&net.agents[0]]);
+    assert_eq!(results.len(), 1);
+    let wan = metric(&dp.addr, PAYLOAD) - p0;
+    eprintln!("single run {single} B; with a SIGTERM and a restart {wan} B");
+    assert!(
+        wan as f64 <= 1.05 * single as f64,
+        "after a restart the DP sent {wan} B in all, one run {single} B"
+    );
+    verify_cache(&s, &net.agents[0]);
 }
