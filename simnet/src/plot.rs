@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::report::RunResult;
@@ -43,8 +44,11 @@ fn palette(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
+/// Points of a line.
+type Points = Vec<(f64, f64)>;
+
 /// A named line of points.
-type Line = (String, Vec<(f64, f64)>);
+type Line = (String, Points);
 
 /// WAN MB/s per second of simulated time: all branches (top) and the
 /// first few branches (bottom, when there are several).
@@ -103,22 +107,37 @@ fn wan(o: &Outcome, path: &Path) -> Result<(), PlotError> {
             .draw()
             .map_err(err)?;
         let one = lines.len() == 1;
-        for (i, (name, pts)) in lines.into_iter().enumerate() {
-            let c = if one { BLACK } else { palette(i) };
-            chart
-                .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-                .map_err(err)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        let colored = lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, pts))| (name, pts, if one { BLACK } else { palette(i) }))
+            .collect();
+        draw_lines(&mut chart, colored)?;
     }
     root.present().map_err(err)
+}
+
+type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Named lines with a legend.
+fn draw_lines(
+    chart: &mut Chart<'_>,
+    lines: Vec<(String, Points, RGBColor)>,
+) -> Result<(), PlotError> {
+    for (name, pts, c) in lines {
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Fraction of agents done by time t.
@@ -184,6 +203,7 @@ fn elections(o: &Outcome, path: &Path) -> Result<(), PlotError> {
         .y_desc("cumulative count")
         .draw()
         .map_err(err)?;
+    let mut lines = Vec::new();
     for (k, (name, re_only)) in [("elections", false), ("re-elections", true)]
         .into_iter()
         .enumerate()
@@ -197,19 +217,9 @@ fn elections(o: &Outcome, path: &Path) -> Result<(), PlotError> {
             pts.push((t, n));
         }
         pts.push((xmax, n));
-        let c = palette(k);
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+        lines.push((name.to_owned(), pts, palette(k)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    draw_lines(&mut chart, lines)?;
     root.present().map_err(err)
 }
 
