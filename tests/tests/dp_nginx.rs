@@ -6,30 +6,13 @@
 //! installs it.
 
 use std::fs;
-use std::path::Path;
 
 use peerdelta_protocol::ContentHash;
 use peerdelta_protocol::manifest::{Manifest, open_manifest, parse_public_key};
 use peerdelta_tests::fixtures::{rebuild_over_http, versions, write_tree};
+use peerdelta_tests::library::read_tree;
 use peerdelta_tests::nginx::{Nginx, nginx_binary};
 use peerdelta_tests::{DpServer, get, http, peerdelta, run_ok};
-
-fn files(dir: &Path, rel: &str, out: &mut Vec<String>) {
-    for e in fs::read_dir(dir.join(rel)).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        let r = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        if e.path().is_dir() {
-            files(dir, &r, out)
-        } else {
-            out.push(r)
-        }
-    }
-}
 
 #[test]
 fn nginx_serves_the_library_like_dp_serve() {
@@ -54,8 +37,10 @@ fn nginx_serves_the_library_like_dp_serve() {
     let ngx = server.addr.clone();
     let dp = DpServer::start(&lib);
 
-    let mut all = Vec::new();
-    files(&lib, "", &mut all);
+    let all: Vec<String> = read_tree(&lib)
+        .into_keys()
+        .filter(|k| !k.ends_with('/'))
+        .collect();
     assert!(all.len() > 30);
     for rel in &all {
         let path = format!("/{rel}");

@@ -385,6 +385,16 @@ fn status_reports(lib: &Path) -> String {
     run_ok(peerdelta(["dp", "status", "--json", "--library"]).arg(lib))
 }
 
+/// Hash-failure reports naming the DP as the source, so far.
+fn dp_failure_reports(lib: &Path) -> usize {
+    let v: serde_json::Value = serde_json::from_str(&status_reports(lib)).unwrap();
+    v.as_array()
+        .unwrap_or_else(|| panic!("dp status --json is a list: {v}"))
+        .iter()
+        .filter(|r| r.to_string().contains("hash_failure") && r.to_string().contains("\"dp\""))
+        .count()
+}
+
 #[test]
 fn a_corrupt_local_base_is_detected_reported_and_fetched_whole() {
     let s = published_series();
@@ -513,6 +523,7 @@ fn a_dp_sending_a_wrong_byte_is_caught_reported_and_resumed_once_fixed() {
     );
 
     // The same runs wrong raw as well: nothing good to be had.
+    let before = dp_failure_reports(&s.lib);
     for &at in &in_content {
         flip(&content, at);
     }
@@ -545,10 +556,10 @@ fn a_dp_sending_a_wrong_byte_is_caught_reported_and_resumed_once_fixed() {
             .arg(key_file(&s.lib)),
     );
     assert!(!list.contains("v2"), "v2 not recorded: {list}");
-    let reports = status_reports(&s.lib);
     assert!(
-        reports.contains("hash_failure") && reports.contains("\"dp\""),
-        "{reports}"
+        dp_failure_reports(&s.lib) > before,
+        "the failed raw fetch sent no report: {}",
+        status_reports(&s.lib)
     );
 
     // Repaired: the next get fetches only what it had not verified.
