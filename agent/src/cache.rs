@@ -329,11 +329,12 @@ impl Cache {
         version: u64,
         key: &VerifyingKey,
     ) -> anyhow::Result<(Manifest, Vec<u8>)> {
-        let p = self.version_dir(package, version).join("manifest");
-        let bytes = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-        let m = manifest::open_manifest(&bytes, key)
-            .with_context(|| format!("verifying {}", p.display()))?;
-        Ok((m, bytes))
+        read_manifest(
+            &self.version_dir(package, version).join("manifest"),
+            key,
+            package,
+            version,
+        )
     }
 
     /// The recorded versions of `package`.
@@ -529,6 +530,28 @@ impl Cache {
             }
         }
     }
+}
+
+/// Reads a signed manifest file: verified against `key`, and describing
+/// `package` version `version` (a file moved under another version's name
+/// is refused). The DP's library and the agent's cache both keep them.
+pub fn read_manifest(
+    path: &Path,
+    key: &VerifyingKey,
+    package: &PackageName,
+    version: u64,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let m = manifest::open_manifest(&bytes, key)
+        .with_context(|| format!("verifying {}", path.display()))?;
+    anyhow::ensure!(
+        m.package == *package && m.version == version,
+        "{} describes {} version {}",
+        path.display(),
+        m.package,
+        m.version
+    );
+    Ok((m, bytes))
 }
 
 /// Seconds since a file was modified (for stale partial work).

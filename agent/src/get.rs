@@ -1125,9 +1125,11 @@ async fn base_from_lan(ctx: &Ctx<'_>, lan: &Lan, base: ContentHash) -> Result<bo
     if ctx.cache.has(&base) {
         return Ok(true);
     }
+    // Peers that hold it whole (not a prefix being built), and its length.
     let holders = lan.holders(&[base]).await.remove(&base).unwrap_or_default();
+    let mut coverage = lan.coverage(&base).await;
     for peer in holders {
-        let len = match lan.coverage(&base).await.remove(&peer).as_deref() {
+        let len = match coverage.remove(&peer).as_deref() {
             Some([(0, len)]) => *len,
             _ => continue,
         };
@@ -1537,7 +1539,7 @@ async fn rdc(ctx: &Ctx<'_>, f: &FileEntry, seed: ContentHash) -> Result<Verified
     data.sync_all().context("syncing")?;
     drop(data);
     ctx.progress.add(0, f.size);
-    verify_file(&data_path, &f.hash)
+    blocking(|| verify_file(&data_path, &f.hash))
         .map_err(|e| JobError::Dp(format!("client-side RDC result: {e:#}")))
 }
 

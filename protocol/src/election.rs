@@ -103,6 +103,10 @@ impl Rank {
     }
 }
 
+/// A candidate recomputes its rank every this many heartbeats (see
+/// [`Election::rerank_due`]).
+pub const RERANK_BEATS: u64 = 4;
+
 /// Granularity of [`Rank::held_permille`] from [`Rank::from_holdings`]: 5%.
 pub const HELD_STEP: u16 = 50;
 
@@ -240,6 +244,13 @@ impl<P: Ord + Clone + Debug> Election<P> {
     /// Who we are.
     pub fn me(&self) -> &P {
         &self.me
+    }
+
+    /// Whether to recompute our rank at heartbeat `beat` (counted from 1):
+    /// a rank reads the cache, so every [`RERANK_BEATS`] beats, and every
+    /// beat while we claim the role (our progress is what peers compare).
+    pub fn rerank_due(&self, beat: u64) -> bool {
+        beat % RERANK_BEATS == 1 || self.claiming
     }
 
     /// Whether we claim the master role (what to announce).

@@ -672,8 +672,7 @@ impl<'a> Sim<'a> {
         let now_ms = self.now / 1000;
         let members = self.branches[b as usize].members.clone();
         self.branches[b as usize].beats += 1;
-        // Ranks are re-read every few beats, as the daemon does.
-        let fresh_ranks = self.branches[b as usize].beats % 4 == 1;
+        let beat = self.branches[b as usize].beats;
         // Peers whose connections closed since the last beat.
         let gone: Vec<u32> = members
             .iter()
@@ -703,11 +702,11 @@ impl<'a> Sim<'a> {
                 ag.election = Some(Election::new(a, r, self.timing, now_ms));
                 ag.has_meta = false;
             }
-            let claims = self.agents[a as usize]
+            let due = self.agents[a as usize]
                 .election
                 .as_ref()
-                .is_some_and(|e| e.claims());
-            let rank = (fresh_ranks || claims).then(|| self.rank(a));
+                .is_some_and(|e| e.rerank_due(beat));
+            let rank = due.then(|| self.rank(a));
             let ag = &mut self.agents[a as usize];
             let Some(e) = ag.election.as_mut() else {
                 continue;

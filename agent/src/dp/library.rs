@@ -277,19 +277,12 @@ impl Library {
         version: u64,
         key: &VerifyingKey,
     ) -> anyhow::Result<(Manifest, Vec<u8>)> {
-        let path = self.path(&layout::manifest(package, version));
-        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let m = manifest::open_manifest(&bytes, key)
-            .with_context(|| format!("verifying {}", path.display()))?;
-        if m.package != *package || m.version != version {
-            bail!(
-                "{} describes {} version {}",
-                path.display(),
-                m.package,
-                m.version
-            );
-        }
-        Ok((m, bytes))
+        crate::cache::read_manifest(
+            &self.path(&layout::manifest(package, version)),
+            key,
+            package,
+            version,
+        )
     }
 
     /// Packages in the library.

@@ -268,8 +268,18 @@ impl Daemon {
 
     /// Our rank for a version: from the cache and, once known, the manifest.
     fn rank(&self, package: &PackageName, version: u64, m: Option<&Manifest>) -> Rank {
+        self.rank_and_held(package, version, m).0
+    }
+
+    /// Our rank, and the target bytes held and in all (for `status`).
+    fn rank_and_held(
+        &self,
+        package: &PackageName,
+        version: u64,
+        m: Option<&Manifest>,
+    ) -> (Rank, u64, u64) {
         let (held, total) = m.map_or((0, 0), |m| self.held_bytes(m));
-        Rank::from_holdings(
+        let rank = Rank::from_holdings(
             version,
             &self
                 .cache
@@ -280,7 +290,8 @@ impl Daemon {
             total,
             self.cfg.weight,
             crate::fsutil::free_bytes(self.cache.root()).unwrap_or(0),
-        )
+        );
+        (rank, held, total)
     }
 
     fn held_bytes(&self, m: &Manifest) -> (u64, u64) {
@@ -582,14 +593,11 @@ async fn heartbeats(d: Arc<Daemon>) {
         {
             let mut jobs = lock(&d.jobs);
             for ((p, v), job) in jobs.iter_mut() {
-                // Ranks read the cache; every few beats is enough.
-                if round % 4 == 1 || job.election.claims() {
-                    let r = d.rank(p, *v, job.manifest.as_ref());
-                    if let Some(m) = &job.manifest {
-                        let (h, t) = d.held_bytes(m);
-                        job.view.held_bytes = h;
-                        job.view.total_bytes = t;
-                    }
+                // Ranks read the cache; the election says how often.
+                if job.election.rerank_due(round) {
+                    let (r, h, t) = d.rank_and_held(p, *v, job.manifest.as_ref());
+                    job.view.held_bytes = h;
+                    job.view.total_bytes = t;
                     d.elect(job, Event::Rank(r));
                 }
                 let banned = lock(&job.banned).clone();

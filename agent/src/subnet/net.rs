@@ -140,7 +140,6 @@ pub struct Incoming {
 enum Cmd {
     Send(PeerId, Request, oneshot::Sender<Result<Response, String>>),
     Respond(ResponseChannel<Response>, Response),
-    Dial(Multiaddr),
 }
 
 /// Handle on the running transport.
@@ -175,11 +174,6 @@ impl Net {
     /// Answers an incoming request.
     pub fn respond(&self, channel: ResponseChannel<Response>, r: Response) {
         let _ = self.tx.send(Cmd::Respond(channel, r));
-    }
-
-    /// Dials an address.
-    pub fn dial(&self, addr: Multiaddr) {
-        let _ = self.tx.send(Cmd::Dial(addr));
     }
 
     /// Connected peers.
@@ -323,11 +317,6 @@ pub fn start(
                     }
                     Some(Cmd::Respond(ch, r)) => {
                         let _ = swarm.behaviour_mut().rr.send_response(ch, r);
-                    }
-                    Some(Cmd::Dial(a)) => {
-                        if let Err(e) = swarm.dial(a.clone()) {
-                            tracing::debug!("dialing {a}: {e}");
-                        }
                     }
                 },
                 ev = swarm.select_next_some() => match ev {
