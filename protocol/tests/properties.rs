@@ -36,9 +36,15 @@ fn edges() -> impl Strategy<Value = EdgeRules> {
         .prop_map(|(start, end)| EdgeRules { start, end })
 }
 
-fn stream(data: &[u8], params: Params, slices: &[usize]) -> Vec<Chunk> {
+/// The chunks of `data` pushed in slices of the given sizes (cycled), with
+/// the AVX-512 kernel where the CPU has it, or the portable one.
+fn stream(data: &[u8], params: Params, slices: &[usize], portable: bool) -> Vec<Chunk> {
     let mut out = Vec::new();
-    let mut c = Chunker::new(params);
+    let mut c = if portable {
+        Chunker::portable(params)
+    } else {
+        Chunker::new(params)
+    };
     let mut rest = data;
     let mut i = 0;
     while !rest.is_empty() {
@@ -74,8 +80,9 @@ proptest! {
     ) {
         let params = Params::new_unchecked(window, horizon).unwrap().with_edges(edges);
         let want = reference::chunks(&data, &params, HashMode::Spec);
-        prop_assert_eq!(stream(&data, params, &slices), want.clone());
-        prop_assert_eq!(stream(&data, params, &[data.len().max(1)]), want);
+        prop_assert_eq!(stream(&data, params, &slices, false), want.clone());
+        prop_assert_eq!(stream(&data, params, &slices, true), want.clone());
+        prop_assert_eq!(stream(&data, params, &[data.len().max(1)], false), want);
     }
 
     /// Parallel signing equals sequential signing for any piece length.
@@ -88,7 +95,7 @@ proptest! {
         threads in 1usize..5,
     ) {
         let params = Params::new_unchecked(window, horizon).unwrap();
-        let want = stream(&data, params, &[data.len().max(1)]);
+        let want = stream(&data, params, &[data.len().max(1)], false);
         let mut got = Vec::new();
         sign_parallel(&data[..], params, ParallelOptions::new(threads).with_piece_len(piece), &mut |c| got.push(*c)).unwrap();
         prop_assert_eq!(got, want);

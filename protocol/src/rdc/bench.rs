@@ -26,7 +26,9 @@ pub struct BenchReport {
     pub bytes: u64,
     /// Rounds per workload (the best is kept).
     pub rounds: usize,
-    /// MD4 alone, boundaries only, full signature, parallel signature.
+    /// MD4 alone, boundaries only, full signature, the full signature with the
+    /// portable kernel (the same as the full signature on a CPU without
+    /// AVX-512), parallel signature.
     pub rows: Vec<BenchRow>,
 }
 
@@ -78,6 +80,7 @@ const MD4_ALONE: &str = "MD4 alone";
 const BOUNDARIES: &str = "H3 + FilterMax boundaries only";
 const SIGNATURE: &str = "level-1 signature (boundaries+MD4)";
 const PARALLEL: &str = "level-1 signature, parallel";
+const PORTABLE: &str = "level-1 signature, portable kernel";
 
 /// Measures the four workloads on `buf`, keeping the best of `rounds` runs.
 /// `elapsed` times a closure (the caller's clock).
@@ -117,6 +120,19 @@ pub fn run(
         });
         c.finish(&mut |x| sequential = sequential.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset);
     });
+    let mut portable = 0u64;
+    best(PORTABLE, 1, &mut || {
+        let mut c = Chunker::portable(params);
+        portable = 0;
+        c.push(buf, &mut |x| {
+            portable = portable.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset
+        });
+        c.finish(&mut |x| portable = portable.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset);
+    });
+    assert_eq!(
+        sequential, portable,
+        "the portable kernel's signature differs from the AVX-512 one"
+    );
     let mut parallel = 0u64;
     best(PARALLEL, threads, &mut || {
         parallel = 0;

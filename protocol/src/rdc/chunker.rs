@@ -6,8 +6,11 @@
 //! memory is bounded by the horizon and the block size, never by the input.
 //! The boundaries do not depend on how the input is sliced.
 
+use peerdelta_kernels::RollingHash;
+
 use super::filtermax::{Cut, CutFinder, CutKind};
-use super::kernel::{GROUP, Lanes, Out};
+use super::h3::H3_TABLE;
+use super::kernel::{GROUP, Lanes};
 use super::md4::{self, Md4};
 use super::params::Params;
 
@@ -70,6 +73,9 @@ pub struct Chunker {
     /// until a round can hash a whole number of groups.
     received: u64,
     signer: Signer,
+    /// The AVX-512 H3 kernel when the CPU has it; otherwise the portable lanes
+    /// of `kernel.rs`, with MD4 interleaved.
+    simd: Option<RollingHash>,
 }
 
 /// The chunk being built. Cuts are found one round after their bytes are
@@ -105,6 +111,14 @@ impl Chunker {
         c
     }
 
+    /// A chunker that uses the portable kernel even on a CPU with AVX-512, to
+    /// compare the two (both give the same chunks).
+    pub fn portable(params: Params) -> Self {
+        let mut c = Self::new(params);
+        c.simd = None;
+        c
+    }
+
     /// A chunker for data starting at `base` inside a larger input, for the
     /// parallel signer: it emits nothing before the first local maximum at or
     /// after `from`, from where its output equals the sequential one. `base`
@@ -134,6 +148,7 @@ impl Chunker {
                 md4_target: base,
                 pending: Vec::new(),
             },
+            simd: RollingHash::new(&H3_TABLE, window, params.shift()),
         }
     }
 
@@ -185,8 +200,13 @@ impl Chunker {
         }
         self.finder.finish(&mut self.signer.pending);
         self.signer.md4_target = self.len;
-        self.signer
-            .drain::<0>(&self.buf, self.buf_start, self.window, None, sink);
+        self.signer.drain(
+            &self.buf,
+            self.buf_start,
+            self.window,
+            &mut md4::compress,
+            sink,
+        );
         let s = &mut self.signer;
         if s.open && self.len > s.chunk_start {
             s.close(self.len, ChunkEnd::EndOfData, sink);
@@ -213,15 +233,24 @@ impl Chunker {
         let first = (self.len + w as u64 - self.buf_start) as usize;
         let bytes = &self.buf[first - w..first + n];
         let mut out = self.finder.slots(n);
-        let mut lanes = Lanes::new::<S>(bytes, w, n, self.hash);
-        self.signer.drain::<S>(
-            &self.buf,
-            self.buf_start,
-            w,
-            Some((&mut lanes, bytes, &mut out)),
-            sink,
-        );
-        self.hash = lanes.finish::<S>(bytes, &mut out);
+        let (buf, buf_start) = (&self.buf, self.buf_start);
+        if let Some(simd) = self.simd.as_mut() {
+            let mut pass = simd.begin(bytes, self.hash, out.values, out.groups);
+            self.signer
+                .drain(buf, buf_start, w, &mut |m, b| pass.step_md4(m, b), sink);
+            self.hash = pass.finish();
+        } else {
+            let mut lanes = Lanes::new::<S>(bytes, w, n, self.hash);
+            let mut compress = |m: &mut [u32; 4], b: &[u8; 64]| {
+                if lanes.has_step() {
+                    lanes.step_md4::<S>(bytes, &mut out, m, b);
+                } else {
+                    md4::compress(m, b);
+                }
+            };
+            self.signer.drain(buf, buf_start, w, &mut compress, sink);
+            self.hash = lanes.finish::<S>(bytes, &mut out);
+        }
         self.len += n as u64;
         self.finder.scan(&mut self.signer.pending);
         self.signer.md4_target = self.finder.decided();
@@ -239,18 +268,15 @@ impl Chunker {
     }
 }
 
-/// A lane hasher with the bytes it reads and the slots it writes.
-type LaneJob<'a, 'b> = (&'a mut Lanes, &'a [u8], &'a mut Out<'b>);
-
 impl Signer {
     /// Feeds the MD4 every decided byte, closing a chunk at each pending cut.
-    /// Full MD4 blocks go through the lane hasher when one is given.
-    fn drain<const S: u32>(
+    /// Full MD4 blocks go through `compress`, which may hash H3 alongside.
+    fn drain(
         &mut self,
         buf: &[u8],
         buf_start: u64,
         w: usize,
-        mut lanes: Option<LaneJob<'_, '_>>,
+        compress: &mut impl FnMut(&mut [u32; 4], &[u8; 64]),
         sink: &mut impl FnMut(Chunk, ChunkEnd),
     ) {
         let at = |pos: u64| (pos + w as u64 - buf_start) as usize;
@@ -274,12 +300,7 @@ impl Signer {
                 let count = blocks.len();
                 for block in &mut blocks {
                     let block: &[u8; 64] = block.try_into().expect("chunks_exact(64)");
-                    match lanes.as_mut() {
-                        Some((l, bytes, out)) if l.has_step() => {
-                            l.step_md4::<S>(bytes, out, &mut self.md4.state, block)
-                        }
-                        _ => md4::compress(&mut self.md4.state, block),
-                    }
+                    compress(&mut self.md4.state, block);
                 }
                 self.md4.account_blocks(count);
                 self.md4.stash(blocks.remainder());
@@ -324,6 +345,8 @@ impl Signer {
 mod tests {
     use super::*;
 
+    /// MD4 computed alongside H3 equals the `md4` crate's, with either
+    /// kernel, and the two kernels cut alike.
     #[test]
     fn fused_and_plain_md4_agree() {
         // Inputs long enough for lanes and MD4 blocks in the same round.
@@ -335,15 +358,20 @@ mod tests {
             Params::LEVEL_N,
             Params::new(16, 512).expect("valid"),
         ] {
-            let mut got = Vec::new();
-            let mut c = Chunker::new(params);
-            c.push(&data, &mut |x| got.push(x));
-            c.finish(&mut |x| got.push(x));
-            for chunk in &got {
-                let bytes = &data[chunk.offset as usize..chunk.end() as usize];
-                let want: [u8; 16] = <::md4::Md4 as ::md4::Digest>::digest(bytes).into();
-                assert_eq!(chunk.md4, want, "{params:?} chunk at {}", chunk.offset);
+            let mut kernels = Vec::new();
+            for mut c in [Chunker::new(params), Chunker::portable(params)] {
+                let mut got = Vec::new();
+                c.push(&data, &mut |x| got.push(x));
+                c.finish(&mut |x| got.push(x));
+                for chunk in &got {
+                    let bytes = &data[chunk.offset as usize..chunk.end() as usize];
+                    let want: [u8; 16] = <::md4::Md4 as ::md4::Digest>::digest(bytes).into();
+                    assert_eq!(chunk.md4, want, "{params:?} chunk at {}", chunk.offset);
+                }
+                kernels.push(got);
             }
+            // The AVX-512 kernel (where the CPU has it) and the portable one.
+            assert_eq!(kernels[0], kernels[1], "{params:?}");
         }
     }
 }

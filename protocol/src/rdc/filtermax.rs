@@ -29,6 +29,8 @@
 //! nothing before its first local maximum, and enables forced cuts only after
 //! it, because forced cuts depend on where the previous chunk started.
 
+use peerdelta_kernels::{max_u32, position_ge_u32};
+
 use super::kernel::{GROUP, Out};
 use super::params::{EndRule, MAX_CHUNK_LEN, Params, StartRule};
 
@@ -262,24 +264,18 @@ impl CutFinder {
     /// for whole groups.
     fn find_ge_at(&self, a: usize, b: usize, t: u32) -> Option<usize> {
         let head_end = a.next_multiple_of(GROUP).min(b);
-        if let Some(k) = self.hist[a..head_end].iter().position(|&x| x >= t) {
+        if let Some(k) = position_ge_u32(&self.hist[a..head_end], t) {
             return Some(a + k);
         }
         let (ga, gb) = (head_end / GROUP, b / GROUP);
         if ga < gb
-            && let Some(g) = self.groups[ga..gb].iter().position(|&x| x >= t)
+            && let Some(g) = position_ge_u32(&self.groups[ga..gb], t)
         {
             let base = (ga + g) * GROUP;
-            return self.hist[base..base + GROUP]
-                .iter()
-                .position(|&x| x >= t)
-                .map(|k| base + k);
+            return position_ge_u32(&self.hist[base..base + GROUP], t).map(|k| base + k);
         }
         let tail = (gb * GROUP).max(head_end);
-        self.hist[tail..b]
-            .iter()
-            .position(|&x| x >= t)
-            .map(|k| tail + k)
+        position_ge_u32(&self.hist[tail..b], t).map(|k| tail + k)
     }
 }
 
@@ -301,11 +297,10 @@ fn start_min(params: &Params) -> u64 {
     }
 }
 
-/// Maximum of a slice (0 when empty). A plain reduction, which the compiler
-/// vectorises.
+/// Maximum of a slice (0 when empty).
 #[inline]
 fn max_of(values: &[u32]) -> u32 {
-    values.iter().copied().fold(0, u32::max)
+    max_u32(values)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@
 //! maximum says so.
 
 use super::h3::H3_TABLE;
-use super::md4::{md4_steps, words};
+use super::md4::{barrier, md4_steps, words};
 
 /// Values per group maximum.
 pub(crate) const GROUP: usize = 16;
@@ -48,21 +48,6 @@ const STEP_GROUPS: usize = STEP / GROUP;
 #[inline(always)]
 fn step<const S: u32>(h: u32, out: u8, inp: u8) -> u32 {
     (h ^ (H3_TABLE[usize::from(out)] ^ H3_TABLE[usize::from(inp)])).rotate_left(S)
-}
-
-/// A branch the compiler cannot see through, to keep the instruction order of
-/// the interleaved loop (see the module doc).
-#[inline(always)]
-fn barrier() {
-    if std::hint::black_box(false) {
-        never();
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn never() {
-    std::hint::black_box(());
 }
 
 /// Where one round's H3 values go: `values[0]` starts a group and
