@@ -59,6 +59,12 @@ impl ReadAt for [u8] {
 /// Read size of each worker.
 const READ_LEN: usize = 1 << 20;
 
+/// Read size past a piece's end, where only the chunk that ends at the first
+/// local maximum is missing (usually a few KiB on). Reading `READ_LEN` there
+/// hashed up to 1 MiB for nothing per piece: a third of the work with 2 MiB
+/// pieces.
+const TAIL_READ_LEN: usize = 16 << 10;
+
 /// Options of [`sign_parallel`].
 #[derive(Debug, Clone, Copy)]
 pub struct ParallelOptions {
@@ -203,7 +209,12 @@ fn sign_piece<R: ReadAt + ?Sized>(
     };
     let mut buf = Vec::new();
     while pos < len && !done {
-        let n = READ_LEN.min((len - pos) as usize);
+        let step = if pos < end {
+            READ_LEN.min((end - pos) as usize)
+        } else {
+            TAIL_READ_LEN
+        };
+        let n = step.min((len - pos) as usize);
         let data = match src.as_slice() {
             Some(all) => &all[pos as usize..pos as usize + n],
             None => {
