@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use md4::{Digest, Md4};
 
-use super::{Chunker, ParallelOptions, Params, sign_parallel};
+use super::{Chunk, Chunker, ParallelOptions, Params, sign_parallel};
 
 /// One measured workload.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -113,21 +113,11 @@ pub fn run(
     });
     let mut sequential = 0u64;
     best(SIGNATURE, 1, &mut || {
-        let mut c = Chunker::new(params);
-        sequential = 0;
-        c.push(buf, &mut |x| {
-            sequential = sequential.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset
-        });
-        c.finish(&mut |x| sequential = sequential.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset);
+        sequential = fold_chunks(Chunker::new(params), buf)
     });
     let mut portable = 0u64;
     best(PORTABLE, 1, &mut || {
-        let mut c = Chunker::portable(params);
-        portable = 0;
-        c.push(buf, &mut |x| {
-            portable = portable.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset
-        });
-        c.finish(&mut |x| portable = portable.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset);
+        portable = fold_chunks(Chunker::portable(params), buf)
     });
     assert_eq!(
         sequential, portable,
@@ -137,9 +127,7 @@ pub fn run(
     best(PARALLEL, threads, &mut || {
         parallel = 0;
         let opts = ParallelOptions::new(threads);
-        let _ = sign_parallel(buf, params, opts, &mut |x| {
-            parallel = parallel.rotate_left(5) ^ u64::from(x.md4[0]) ^ x.offset;
-        });
+        let _ = sign_parallel(buf, params, opts, &mut |x| parallel = fold(parallel, x));
     });
     assert_eq!(
         sequential, parallel,
@@ -151,6 +139,19 @@ pub fn run(
         rounds,
         rows,
     }
+}
+
+/// Folds one chunk into a running digest of a signature (order matters).
+fn fold(acc: u64, c: &Chunk) -> u64 {
+    acc.rotate_left(5) ^ u64::from(c.md4[0]) ^ c.offset
+}
+
+/// The folded signature of `buf` chunked by `c`.
+fn fold_chunks(mut c: Chunker, buf: &[u8]) -> u64 {
+    let mut acc = 0u64;
+    c.push(buf, &mut |x| acc = fold(acc, &x));
+    c.finish(&mut |x| acc = fold(acc, &x));
+    acc
 }
 
 /// A deterministic pseudo-random buffer for the benchmark (no file given).

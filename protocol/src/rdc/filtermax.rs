@@ -253,11 +253,11 @@ impl CutFinder {
         let head_end = a.next_multiple_of(GROUP).min(b);
         let (ga, gb) = (head_end / GROUP, b / GROUP);
         let tail = (gb * GROUP).max(head_end);
-        let mut m = max_of(&self.hist[a..head_end]);
+        let mut m = max_u32(&self.hist[a..head_end]);
         if ga < gb {
-            m = m.max(max_of(&self.groups[ga..gb]));
+            m = m.max(max_u32(&self.groups[ga..gb]));
         }
-        Some(m.max(max_of(&self.hist[tail..b])))
+        Some(m.max(max_u32(&self.hist[tail..b])))
     }
 
     /// Index in `hist[a..b]` of the first value `≥ t`, reading group maxima
@@ -295,12 +295,6 @@ fn start_min(params: &Params) -> u64 {
         StartRule::Horizon => h,
         StartRule::Prose => h + 1,
     }
-}
-
-/// Maximum of a slice (0 when empty).
-#[inline]
-fn max_of(values: &[u32]) -> u32 {
-    max_u32(values)
 }
 
 #[cfg(test)]
