@@ -4,7 +4,8 @@
 //! publish throughput next to the single-threaded signature throughput of the
 //! RDC core, the share of publish time spent on needs lists, and, per version
 //! step, the bytes a receiver holding the previous version downloads against
-//! the full size.
+//! the full size. `PEERDELTA_PACK_LEVEL` sets the packs' zstd level (0: no
+//! packs; default 3), `PEERDELTA_SERIES=bin,image` runs only those series.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,7 +72,15 @@ fn main() -> anyhow::Result<()> {
         "ratio"
     );
     let work = tempfile::tempdir_in(corpus.parent().unwrap_or(Path::new("/tmp")))?;
+    // PEERDELTA_SERIES=bin,image runs only those series.
+    let only = std::env::var("PEERDELTA_SERIES").ok();
     for series in ["bin", "js", "tree", "image"] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|s| s.trim() == series))
+        {
+            continue;
+        }
         let lib = Library::at(&work.path().join(format!("{series}-lib")), None);
         lib.init()?;
         let package = PackageName::new(series)?;

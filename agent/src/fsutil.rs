@@ -141,6 +141,41 @@ pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Flushes every file and directory change on the filesystem holding `path`
+/// to disk (`syncfs`). One call makes a whole batch of unsynced writes and
+/// renames durable, where an fsync per file and per directory costs a disk
+/// flush each.
+#[allow(unsafe_code)]
+pub fn sync_filesystem(path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the descriptor is open for the whole call and `syncfs` only
+    // reads it.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("syncing the filesystem of {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Starts writing `len` bytes of `file` from `offset` to disk without waiting
+/// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`), so a large copy reaches
+/// the disk while it is still being made rather than all at the final sync.
+/// A hint: failures are ignored, durability still comes from a later sync.
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the whole call; the call takes no
+    // pointers.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
 /// A file one thread is writing while others read it through [`ReadAt`]:
 /// a read waits until the range it asks for has been written. It lets a
 /// publisher sign a content on several threads while copying it.

@@ -150,8 +150,7 @@ where
         let _ = std::fs::remove_file(pack_path);
         return Ok(None);
     }
-    out.sync_all()
-        .with_context(|| format!("writing {}", pack_path.display()))?;
+    // Not synced here: the caller installs it with a batch (one sync for all).
     Ok(Some(Pack {
         len: offset,
         frames,

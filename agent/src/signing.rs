@@ -27,14 +27,18 @@ pub fn sign_file(
 }
 
 /// [`sign_file`] over any random-access input.
-pub fn sign_source<R: ReadAt<Error = std::io::Error> + ?Sized>(
+pub fn sign_source<R>(
     src: &R,
     params: LevelParams,
     levels: usize,
     threads: usize,
     keep_files: bool,
     sink: &mut impl FnMut(usize, &Chunk),
-) -> anyhow::Result<SignatureFiles> {
+) -> anyhow::Result<SignatureFiles>
+where
+    R: ReadAt + ?Sized,
+    R::Error: std::error::Error + Send + Sync + 'static,
+{
     let mut builder = SignatureBuilder::new(params, levels);
     if !keep_files {
         builder = builder.without_files();
@@ -57,11 +61,15 @@ pub fn sign_source<R: ReadAt<Error = std::io::Error> + ?Sized>(
 }
 
 /// Every level `src` needs (as `depth_for` decides).
-pub fn signature_levels<R: ReadAt<Error = std::io::Error> + ?Sized>(
+pub fn signature_levels<R>(
     src: &R,
     params: LevelParams,
     threads: usize,
-) -> anyhow::Result<SignatureFiles> {
+) -> anyhow::Result<SignatureFiles>
+where
+    R: ReadAt + ?Sized,
+    R::Error: std::error::Error + Send + Sync + 'static,
+{
     let mut files = sign_source(src, params, MAX_LEVELS, threads, true, &mut |_, _| {})?;
     files.files.truncate(depth_for(&files.sizes()));
     Ok(files)

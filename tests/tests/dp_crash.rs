@@ -135,7 +135,7 @@ fn aborts_at_each_commit_step_never_leave_a_partial_version() {
     );
     let mut expected = 1;
     for (k, point) in [
-        "publish:between-sigs-and-content",
+        "publish:mid-install",
         "publish:before-version-dir",
         "publish:after-version-dir",
         "publish:after-index",

@@ -12,10 +12,13 @@
 //! 4. Copy each new content into the library (checking it did not change since
 //!    it was hashed) and sign it (MS-RDC, all levels its size needs): small
 //!    files on all cores at once, large files one at a time on all cores.
+//!    Nothing is fsynced file by file: the batch is written to temporary
+//!    files, made durable with one filesystem sync, then renamed into place
+//!    (`library::Staging`).
 //! 5. Plan needs lists against the previous versions (`protocol::publish`),
 //!    compute the missing ones, and keep those that save at least
-//!    `--min-saving` bytes over sending the whole file.
-//! 6. Write the signed manifest into a new version directory, rename it into
+//!    `--min-saving` bytes over sending the whole file (a second batch).
+//! 6. Sync the filesystem (the renames), write the signed manifest into a new version directory, rename it into
 //!    place, then replace the signed index. A reader never sees a partial
 //!    version: until the rename there is no version directory, and every file
 //!    a manifest names is written before it.
@@ -40,17 +43,22 @@ use peerdelta_protocol::rdc::{LevelParams, Signature, Traits, sigfile, similarit
 use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
 use serde::Serialize;
 
-use super::library::{Library, write_synced};
-use crate::fsutil::{FileSource, GrowingFile, sync_dir};
+use super::library::{Library, Staging, write_synced};
+use crate::fsutil::{FileSource, GrowingFile, start_writeback, sync_dir};
 use crate::progress::Progress;
 use crate::util::{now_ms, par_map};
 
-/// A large copy is flushed to disk every this many bytes.
-const WRITEBACK: u64 = 64 << 20;
+/// A large copy starts going to disk every this many bytes.
+const WRITEBACK: u64 = 16 << 20;
 
 /// Files at least this large are signed one at a time on all cores; smaller
 /// ones are signed several at once, one core each.
 const BIG_FILE: u64 = 32 << 20;
+
+/// Contents up to this size are read whole, then written and signed from
+/// memory; larger ones are signed from the copy while it is being written.
+/// At least [`needsfile::MAX_RUN`]: compressed copies are made of these.
+const IN_MEMORY: u64 = 4 << 20;
 
 /// What to publish.
 #[derive(Debug, Clone)]
@@ -148,7 +156,9 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     // Hash.
     let t = Instant::now();
     let progress = Progress::new("hashing", files.len() as u64, total, opts.progress);
-    let hashes = par_map(&files, opts.threads, |f| {
+    // Small files wait on opening and reading as much as on hashing.
+    let io_threads = (opts.threads * 2).clamp(4, 16);
+    let hashes = par_map(&files, io_threads, |f| {
         let h = hash_file(&f.abs, f.size.unwrap_or(0))?;
         progress.add(1, f.size.unwrap_or(0));
         Ok(h)
@@ -181,35 +191,44 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let mut missing: Vec<(ContentHash, &Path, u64)> = Vec::new();
     let mut sig_refs: HashMap<ContentHash, Stored> = HashMap::new();
     for (h, (path, size)) in &unique {
-        let stored = lib.has(&layout::content(h)) && lib.has(&layout::sigs(h));
-        match (stored, known.get(h)) {
-            (true, Some(s)) => {
-                sig_refs.insert(*h, *s);
-            }
-            (true, None) => {
-                sig_refs.insert(*h, stored_refs(lib, h, *size)?);
-            }
-            (false, _) => missing.push((*h, path, *size)),
+        if let Some(s) = known.get(h) {
+            // Named by a recent version: its files are in place (they were
+            // durable before that manifest was written, and `dp prune`
+            // keeps the signatures of the newest versions).
+            sig_refs.insert(*h, *s);
+        } else if lib.has(&layout::content(h)) && lib.has(&layout::sigs(h)) {
+            sig_refs.insert(*h, stored_refs(lib, h, *size)?);
+        } else {
+            missing.push((*h, path, *size));
         }
     }
     let new_bytes: u64 = missing.iter().map(|m| m.2).sum();
     let progress = Progress::new("signing", missing.len() as u64, new_bytes, opts.progress);
     let (big, small): (Vec<_>, Vec<_>) = missing.iter().partition(|m| m.2 >= BIG_FILE);
-    // Small files are mostly waiting on fsync: more threads than cores.
-    let io_threads = (opts.threads * 4).clamp(8, 32);
+    let staging = Staging::new(lib);
     let mut stored = par_map(&small, io_threads, |(h, path, size)| {
-        let r = store_content(lib, h, path, *size, params, 1, opts.pack_level)?;
+        let r = store_content(&staging, h, path, *size, params, 1, opts.pack_level)?;
         progress.add(1, *size);
         Ok((*h, r))
     })?;
     for (h, path, size) in &big {
         stored.push((
             *h,
-            store_content(lib, h, path, *size, params, opts.threads, opts.pack_level)?,
+            store_content(
+                &staging,
+                h,
+                path,
+                *size,
+                params,
+                opts.threads,
+                opts.pack_level,
+            )?,
         ));
         progress.add(1, *size);
     }
     drop(progress);
+    // Needs lists read the new contents from the library.
+    staging.commit()?;
     let signature_bytes = stored.iter().map(|(_, s)| s.sig.len).sum();
     sig_refs.extend(stored);
     let store_seconds = t.elapsed().as_secs_f64();
@@ -235,10 +254,12 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     }
     let pairs: Vec<((ContentHash, ContentHash), u64)> = pairs.into_iter().collect();
     let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
+    let staging = Staging::new(lib);
     let made = par_map(&pairs, opts.threads, |&((base, target), base_len)| {
         let target_len = sizes.get(&target).copied().unwrap_or(0);
-        needs_list(lib, base, base_len, target, target_len, opts)
+        needs_list(&staging, base, base_len, target, target_len, opts)
     })?;
+    staging.commit()?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
     let (mut written, mut reused, mut skipped) = (0, 0, 0);
     for (((base, target), _), outcome) in pairs.iter().zip(made) {
@@ -320,6 +341,8 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         })
         .unwrap_or_default();
     let extras = manifest_extras(lib, &opts.package, &sealed, &previous)?;
+    // Every file the manifest names is in place; make that durable first.
+    lib.sync()?;
     write_version(lib, &opts.package, version, &sealed, &extras)?;
     crate::fault::point("publish:after-version-dir");
     let entry = index_entry(lib, &manifest, &sealed)?;
@@ -443,8 +466,11 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Scanned>> {
                 format!("{prefix}/{name}")
             };
             let rel = RelPath::new(&rel_str).with_context(|| format!("{}", abs.display()))?;
-            let meta =
-                fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
+            // Does not follow a symbolic link (and reads relative to the
+            // directory: no walk of the whole path).
+            let meta = e
+                .metadata()
+                .with_context(|| format!("reading {}", abs.display()))?;
             let mode = meta.permissions().mode() & 0o7777;
             let ft = meta.file_type();
             if ft.is_symlink() {
@@ -486,7 +512,9 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Scanned>> {
 fn hash_file(path: &Path, size: u64) -> anyhow::Result<ContentHash> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = blake3::Hasher::new();
-    let n = std::io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut h)
+    // A small file in one read (one byte more shows it grew).
+    let cap = (size as usize).saturating_add(1).clamp(4096, 1 << 20);
+    let n = std::io::copy(&mut BufReader::with_capacity(cap, f), &mut h)
         .with_context(|| format!("reading {}", path.display()))?;
     if n != size {
         bail!(
@@ -498,9 +526,9 @@ fn hash_file(path: &Path, size: u64) -> anyhow::Result<ContentHash> {
 }
 
 /// Copies a content into the library, checking it is the content hashed
-/// earlier, and writes its signature container.
+/// earlier, and writes its signature container (all staged in `staging`).
 fn store_content(
-    lib: &Library,
+    staging: &Staging<'_>,
     hash: &ContentHash,
     src: &Path,
     size: u64,
@@ -508,65 +536,33 @@ fn store_content(
     threads: usize,
     pack_level: i32,
 ) -> anyhow::Result<Stored> {
+    let lib = staging.library();
     let tmp = lib.tmp_path("content");
     let result = (|| {
+        let changed = || anyhow::anyhow!("{} changed while it was being published", src.display());
         let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-        let mut output =
-            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        // Sign the copy while it is being written: the signer's threads read
-        // what the copy loop has already written (it is what the library
-        // will serve), so copying and signing overlap.
-        let copy = GrowingFile::new(
-            File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?,
-            size,
-        );
-        let (copied, digest, files) = std::thread::scope(|s| {
-            let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
-            let copied = (|| {
-                let mut hasher = blake3::Hasher::new();
-                let mut buf = vec![0u8; 1 << 20];
-                let mut copied = 0u64;
-                loop {
-                    let n = input
-                        .read(&mut buf)
-                        .with_context(|| format!("reading {}", src.display()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    if copied + n as u64 > size {
-                        bail!("{} grew while it was being published", src.display());
-                    }
-                    hasher.update(&buf[..n]);
-                    output
-                        .write_all(&buf[..n])
-                        .with_context(|| format!("writing {}", tmp.display()))?;
-                    copied += n as u64;
-                    copy.advance(copied);
-                    if copied.is_multiple_of(WRITEBACK) {
-                        // Start flushing now, while the signer works on what is
-                        // written, rather than all at the final fsync.
-                        output
-                            .sync_data()
-                            .with_context(|| format!("writing {}", tmp.display()))?;
-                    }
-                }
-                Ok((copied, ContentHash::from(hasher.finalize())))
-            })();
-            if !matches!(copied, Ok((n, _)) if n == size) {
-                copy.fail();
+        let (files, small) = if size <= IN_MEMORY {
+            // Read whole (one byte more than the size shows it grew), then
+            // write and sign from memory: no thread, one read of the source.
+            let mut raw = Vec::with_capacity(size as usize + 1);
+            (&mut input)
+                .take(size + 1)
+                .read_to_end(&mut raw)
+                .with_context(|| format!("reading {}", src.display()))?;
+            if raw.len() as u64 != size || ContentHash::of(&raw) != *hash {
+                return Err(changed());
             }
-            let files = signer
-                .join()
-                .map_err(|_| anyhow::anyhow!("the signing thread panicked"))?;
-            let (n, digest) = copied?;
-            anyhow::Ok((n, digest, files?))
-        })?;
-        output
-            .sync_all()
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        if digest != *hash || copied != size {
-            bail!("{} changed while it was being published", src.display());
-        }
+            fs::write(&tmp, &raw).with_context(|| format!("writing {}", tmp.display()))?;
+            let files = crate::signing::signature_levels(&raw[..], params, 1)?;
+            (files, Some(raw))
+        } else {
+            let (copied, digest, files) =
+                copy_signing(&mut input, src, &tmp, size, params, threads)?;
+            if digest != *hash || copied != size {
+                return Err(changed());
+            }
+            (files, None)
+        };
         let container = sigstore::encode(params, size, &files);
         let sig = SigRef {
             len: container.len() as u64,
@@ -574,25 +570,94 @@ fn store_content(
             hash: ContentHash::of(&container),
         };
         let pieces = write_pieces(
-            lib,
+            staging,
             hash,
             size,
             &FileSource::open(&tmp)?,
             pack_level.min(PIECES_LEVEL),
             threads,
         )?;
-        let zst_len = write_zst(lib, hash, size, &tmp, pack_level)?;
-        lib.write_new(&layout::sigs(hash), &container)?;
-        crate::fault::point("publish:between-sigs-and-content");
-        lib.install(&tmp, &layout::content(hash))?;
+        let zst_len = match &small {
+            Some(raw) => write_zst(staging, hash, raw, pack_level)?,
+            None => None,
+        };
+        // The content last: a content in the library has its signatures.
+        staging.write_new(&layout::sigs(hash), &container)?;
         Ok(Stored {
             sig,
             pieces,
             zst_len,
         })
     })();
-    let _ = fs::remove_file(&tmp);
-    result
+    match result {
+        Ok(stored) => {
+            staging.add(tmp, layout::content(hash));
+            Ok(stored)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Copies `input` (`size` bytes expected) to `tmp` while signing the copy on
+/// `threads` threads: the signer reads what the copy loop has already
+/// written (it is what the library will serve), so copying and signing
+/// overlap. Returns the bytes copied and their BLAKE3 hash, with the
+/// signatures.
+fn copy_signing(
+    input: &mut File,
+    src: &Path,
+    tmp: &Path,
+    size: u64,
+    params: LevelParams,
+    threads: usize,
+) -> anyhow::Result<(u64, ContentHash, peerdelta_protocol::rdc::SignatureFiles)> {
+    let mut output = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let copy = GrowingFile::new(
+        File::open(tmp).with_context(|| format!("opening {}", tmp.display()))?,
+        size,
+    );
+    std::thread::scope(|s| {
+        let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
+        let copied = (|| {
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut copied = 0u64;
+            loop {
+                let n = input
+                    .read(&mut buf)
+                    .with_context(|| format!("reading {}", src.display()))?;
+                if n == 0 {
+                    break;
+                }
+                if copied + n as u64 > size {
+                    bail!("{} grew while it was being published", src.display());
+                }
+                hasher.update(&buf[..n]);
+                output
+                    .write_all(&buf[..n])
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                copied += n as u64;
+                copy.advance(copied);
+                if copied.is_multiple_of(WRITEBACK) {
+                    // Start flushing now, while the signer works on what is
+                    // written, rather than all at the batch's sync.
+                    start_writeback(&output, copied - WRITEBACK, WRITEBACK);
+                }
+            }
+            Ok((copied, ContentHash::from(hasher.finalize())))
+        })();
+        if !matches!(copied, Ok((n, _)) if n == size) {
+            copy.fail();
+        }
+        let files = signer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the signing thread panicked"))?;
+        let (n, digest) = copied?;
+        Ok((n, digest, files?))
+    })
 }
 
 /// The signature and pieces references of a content stored by an earlier publish.
@@ -633,27 +698,25 @@ fn stored_refs(lib: &Library, hash: &ContentHash, size: u64) -> anyhow::Result<S
 /// at least 10%: whole downloads of small changed files are then compressed
 /// too, as rsync -z would send them.
 fn write_zst(
-    lib: &Library,
+    staging: &Staging<'_>,
     hash: &ContentHash,
-    size: u64,
-    content: &Path,
+    raw: &[u8],
     level: i32,
 ) -> anyhow::Result<Option<u64>> {
-    if level <= 0 || !(256..=needsfile::MAX_RUN).contains(&size) {
+    if level <= 0 || !(256..=needsfile::MAX_RUN).contains(&(raw.len() as u64)) {
         return Ok(None);
     }
-    let raw = fs::read(content).with_context(|| format!("reading {}", content.display()))?;
-    let z = zstd::bulk::compress(&raw, level).context("compressing")?;
+    let z = zstd::bulk::compress(raw, level).context("compressing")?;
     if z.len() as f64 > 0.9 * raw.len() as f64 {
         return Ok(None);
     }
-    lib.write_new(&layout::content_zst(hash), &z)?;
+    staging.write_new(&layout::content_zst(hash), &z)?;
     Ok(Some(z.len() as u64))
 }
 
 /// Writes the pieces file of a content of more than one run (and its pack).
 fn write_pieces<R>(
-    lib: &Library,
+    staging: &Staging<'_>,
     hash: &ContentHash,
     size: u64,
     content: &R,
@@ -672,9 +735,9 @@ where
     }];
     let mut nf =
         needsfile::build(ContentHash::EMPTY, 0, *hash, &all, content).context("hashing pieces")?;
-    nf.pack = write_pack(lib, &nf, content, None, level, threads)?;
+    nf.pack = write_pack(staging, &nf, content, None, level, threads)?;
     let bytes = nf.encode();
-    lib.write_new(&layout::needs(&ContentHash::EMPTY, hash), &bytes)?;
+    staging.write_new(&layout::needs(&ContentHash::EMPTY, hash), &bytes)?;
     Ok(Some(PiecesRef {
         file_hash: ContentHash::of(&bytes),
         file_len: bytes.len() as u64,
@@ -684,7 +747,7 @@ where
 
 /// Compresses the origin runs of `nf` into its pack file, if worth it.
 fn write_pack<R>(
-    lib: &Library,
+    staging: &Staging<'_>,
     nf: &NeedsFile,
     content: &R,
     base: Option<&FileSource>,
@@ -697,10 +760,10 @@ where
     if level <= 0 {
         return Ok(None);
     }
-    let tmp = lib.tmp_path("pack");
+    let tmp = staging.library().tmp_path("pack");
     let pack = crate::pack::build(nf, content, base, &tmp, level, threads)?;
     if pack.is_some() {
-        lib.install(&tmp, &layout::pack(&nf.base, &nf.target))?;
+        staging.add(tmp, layout::pack(&nf.base, &nf.target));
     }
     Ok(pack)
 }
@@ -745,13 +808,14 @@ enum NeedsOutcome {
 
 /// Makes (or finds) the needs list from `base` to `target`.
 fn needs_list(
-    lib: &Library,
+    staging: &Staging<'_>,
     base: ContentHash,
     base_len: u64,
     target: ContentHash,
     target_len: u64,
     opts: &PublishOptions,
 ) -> anyhow::Result<NeedsOutcome> {
+    let lib = staging.library();
     let (min_saving, pack_level, threads) = (opts.min_saving, opts.pack_level, opts.threads);
     let rel = layout::needs(&base, &target);
     if lib.has(&rel) {
@@ -787,9 +851,16 @@ fn needs_list(
     let mut nf = needsfile::build(base, base_len, target, &needs, &content)
         .with_context(|| format!("reading {}", lib.path(&layout::content(&target)).display()))?;
     let base_content = FileSource::open(&lib.path(&layout::content(&base)))?;
-    nf.pack = write_pack(lib, &nf, &content, Some(&base_content), pack_level, threads)?;
+    nf.pack = write_pack(
+        staging,
+        &nf,
+        &content,
+        Some(&base_content),
+        pack_level,
+        threads,
+    )?;
     let bytes = nf.encode();
-    lib.write_new(&rel, &bytes)?;
+    staging.write_new(&rel, &bytes)?;
     Ok(NeedsOutcome::Written(NeedsInfo {
         file_hash: ContentHash::of(&bytes),
         file_len: bytes.len() as u64,
@@ -829,7 +900,7 @@ fn previous_manifests(
 /// Renames a complete version directory into place.
 /// zstd level of manifests (alone and against earlier ones): a manifest is
 /// fetched by every receiver, and small.
-const MANIFEST_LEVEL: i32 = 15;
+const MANIFEST_LEVEL: i32 = 6;
 
 /// The manifest compressed alone (`manifest.zst`) and against the signed
 /// manifests of the `previous` versions (`manifest.from-<v>`): file name and
