@@ -18,10 +18,10 @@
 //! 5. Plan needs lists against the previous versions (`protocol::publish`),
 //!    compute the missing ones, and keep those that save at least
 //!    `--min-saving` bytes over sending the whole file (a second batch).
-//! 6. Sync the filesystem (the renames), write the signed manifest into a new version directory, rename it into
-//!    place, then replace the signed index. A reader never sees a partial
-//!    version: until the rename there is no version directory, and every file
-//!    a manifest names is written before it.
+//! 6. Sync the filesystem (the renames), write the signed manifest into a new
+//!    version directory, rename it into place, then replace the signed index.
+//!    A reader never sees a partial version: until the rename there is no
+//!    version directory, and every file a manifest names is durable before it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -541,7 +541,7 @@ fn store_content(
     let result = (|| {
         let changed = || anyhow::anyhow!("{} changed while it was being published", src.display());
         let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-        let (files, small) = if size <= IN_MEMORY {
+        let (files, whole) = if size <= IN_MEMORY {
             // Read whole (one byte more than the size shows it grew), then
             // write and sign from memory: no thread, one read of the source.
             let mut raw = Vec::with_capacity(size as usize + 1);
@@ -577,7 +577,7 @@ fn store_content(
             pack_level.min(PIECES_LEVEL),
             threads,
         )?;
-        let zst_len = match &small {
+        let zst_len = match &whole {
             Some(raw) => write_zst(staging, hash, raw, pack_level)?,
             None => None,
         };
