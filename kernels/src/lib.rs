@@ -1,9 +1,9 @@
 //! # peerdelta-kernels
 //!
-//! SIMD inner loops for `peerdelta-protocol`'s MS-RDC chunker. This is the one
-//! crate of the workspace that contains `unsafe` code, kept here so that
-//! `protocol` can forbid it: the intrinsics that read and write memory take raw
-//! pointers, and a `#[target_feature]` function may only be called once the CPU
+//! SIMD inner loops for `peerdelta-protocol`'s MS-RDC chunker. All of the
+//! workspace's `unsafe` SIMD code is here (the agent has only a few allowed
+//! `libc` calls), so that `protocol` can forbid `unsafe`: the intrinsics that
+//! read and write memory take raw pointers, and a `#[target_feature]` function may only be called once the CPU
 //! is known to have the feature.
 //!
 //! Every kernel is reached through a value that can only be built after runtime

@@ -188,8 +188,6 @@ struct Branch {
     lan_mbps: f64,
     lan_latency: Us,
     loss_cap_us_per_byte: f64,
-    /// Bumped whenever what a peer could take changes.
-    changes: u64,
     parked: Vec<u32>,
     dp_fetches: Vec<u32>,
     masters_elected: u64,
@@ -198,7 +196,6 @@ struct Branch {
     crash_at_fraction: Vec<f64>,
     beating: bool,
     multi_master_since: Option<Us>,
-    election_times: Vec<(Us, bool)>,
     beats: u64,
 }
 
@@ -370,7 +367,6 @@ impl<'a> Sim<'a> {
                     lan_mbps: g.lan_mbps,
                     lan_latency: (g.lan_latency_ms * 1000.0) as Us,
                     loss_cap_us_per_byte: loss_cap,
-                    changes: 0,
                     parked: Vec::new(),
                     dp_fetches: vec![0; content.units.len()],
                     masters_elected: 0,
@@ -379,7 +375,6 @@ impl<'a> Sim<'a> {
                     crash_at_fraction: Vec::new(),
                     beating: false,
                     multi_master_since: None,
-                    election_times: Vec::new(),
                     beats: 0,
                 };
                 for i in 0..g.agents {
@@ -800,7 +795,6 @@ impl<'a> Sim<'a> {
         let br = &mut self.branches[b as usize];
         br.masters_elected += 1;
         let re = br.masters_elected > 1;
-        br.election_times.push((self.now, re));
         self.trace.elections.push((self.now, b, re));
         let ag = &self.agents[a as usize];
         if !ag.has_meta && ag.phase != Phase::MetaFetch {
@@ -874,7 +868,6 @@ impl<'a> Sim<'a> {
     /// their next poll.
     fn changed(&mut self, b: u32) {
         let br = &mut self.branches[b as usize];
-        br.changes += 1;
         let parked = std::mem::take(&mut br.parked);
         let poll = self.sc.timing.poll_ms * 1000;
         for a in parked {

@@ -569,14 +569,19 @@ fn store_content(
             depth: files.depth() as u8,
             hash: ContentHash::of(&container),
         };
-        let pieces = write_pieces(
-            staging,
-            hash,
-            size,
-            &FileSource::open(&tmp)?,
-            pack_level.min(PIECES_LEVEL),
-            threads,
-        )?;
+        let pieces_level = pack_level.min(PIECES_LEVEL);
+        let pieces = match &whole {
+            Some(raw) => write_pieces(staging, hash, size, &raw[..], pieces_level, threads)?,
+            None if size > needsfile::MAX_RUN => write_pieces(
+                staging,
+                hash,
+                size,
+                &FileSource::open(&tmp)?,
+                pieces_level,
+                threads,
+            )?,
+            None => None,
+        };
         let zst_len = match &whole {
             Some(raw) => write_zst(staging, hash, raw, pack_level)?,
             None => None,
@@ -724,7 +729,8 @@ fn write_pieces<R>(
     threads: usize,
 ) -> anyhow::Result<Option<PiecesRef>>
 where
-    R: peerdelta_protocol::rdc::ReadAt<Error = std::io::Error> + ?Sized,
+    R: peerdelta_protocol::rdc::ReadAt + ?Sized,
+    R::Error: std::error::Error + Send + Sync + 'static,
 {
     if size <= needsfile::MAX_RUN {
         return Ok(None);
@@ -755,7 +761,8 @@ fn write_pack<R>(
     threads: usize,
 ) -> anyhow::Result<Option<Pack>>
 where
-    R: peerdelta_protocol::rdc::ReadAt<Error = std::io::Error> + ?Sized,
+    R: peerdelta_protocol::rdc::ReadAt + ?Sized,
+    R::Error: std::error::Error + Send + Sync + 'static,
 {
     if level <= 0 {
         return Ok(None);
