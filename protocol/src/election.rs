@@ -22,8 +22,8 @@
 //! drops out and the rest re-elect.
 //!
 //! Incumbency: a master keeps its role while it lives, except that (a) a
-//! candidate holding the target complete always takes over from one that
-//! does not, and (b) at each periodic re-election (`reelect_ms`) a candidate
+//! candidate holding the target complete takes over from one that does not,
+//! once it has held it for [`COMPLETE_GRACE_BEATS`] heartbeats, and (b) at each periodic re-election (`reelect_ms`) a candidate
 //! strictly better on criteria 1–4 takes over. Free space and the peer id
 //! only break ties between non-incumbents: the peers that copied the
 //! master's finished blocks would otherwise tie with it and take over
@@ -107,6 +107,13 @@ impl Rank {
 /// [`Election::rerank_due`]).
 pub const RERANK_BEATS: u64 = 4;
 
+/// Heartbeats a candidate must have held the target complete before it takes
+/// over from an incumbent that does not. Peers copying the master's finished
+/// blocks complete moments after it; without the grace, one whose
+/// announcement overtook the master's took over at the very end of the
+/// transfer, for nothing (and two such peers then met in a conflict).
+pub const COMPLETE_GRACE_BEATS: u64 = 2;
+
 /// Granularity of [`Rank::held_permille`] from [`Rank::from_holdings`]: 5%.
 pub const HELD_STEP: u16 = 50;
 
@@ -150,6 +157,9 @@ pub struct Heard {
     pub claims: bool,
     /// When it was heard (ms).
     pub at_ms: u64,
+    /// Since when it has announced the target complete (ms; meaningful
+    /// while `rank.complete`).
+    pub complete_since_ms: u64,
 }
 
 /// An input to the election.
@@ -218,6 +228,8 @@ pub struct Election<P> {
     peers: BTreeMap<P, Heard>,
     claiming: bool,
     master: Option<P>,
+    /// Since when our own rank says complete (meaningful while it does).
+    complete_since_ms: u64,
     started_ms: u64,
     now_ms: u64,
     last_periodic_ms: u64,
@@ -234,6 +246,7 @@ impl<P: Ord + Clone + Debug> Election<P> {
             peers: BTreeMap::new(),
             claiming: false,
             master: None,
+            complete_since_ms: now_ms,
             started_ms: now_ms,
             now_ms,
             last_periodic_ms: now_ms,
@@ -322,13 +335,18 @@ impl<P: Ord + Clone + Debug> Election<P> {
                         h.at_ms = at_ms;
                         return Vec::new();
                     }
-                    _ => {
+                    old => {
+                        let complete_since_ms = match old {
+                            Some(h) if h.at_ms >= cutoff && h.rank.complete => h.complete_since_ms,
+                            _ => at_ms,
+                        };
                         self.peers.insert(
                             from,
                             Heard {
                                 rank,
                                 claims,
                                 at_ms,
+                                complete_since_ms,
                             },
                         );
                     }
@@ -339,7 +357,12 @@ impl<P: Ord + Clone + Debug> Election<P> {
             }
             // Likewise an unchanged rank.
             Event::Rank(r) if r == self.rank => return Vec::new(),
-            Event::Rank(r) => self.rank = r,
+            Event::Rank(r) => {
+                if r.complete && !self.rank.complete {
+                    self.complete_since_ms = self.now_ms;
+                }
+                self.rank = r;
+            }
             Event::Tick => {}
         }
         self.decide()
@@ -376,12 +399,23 @@ impl<P: Ord + Clone + Debug> Election<P> {
         let leader = best_of(&claimants);
         let periodic_due =
             self.now_ms.saturating_sub(self.last_periodic_ms) >= self.timing.reelect_ms;
+        let grace = COMPLETE_GRACE_BEATS * self.timing.heartbeat_ms;
+        let complete_for = |p: &P| -> u64 {
+            let since = if *p == me {
+                self.complete_since_ms
+            } else {
+                self.peers
+                    .get(p)
+                    .map_or(self.now_ms, |h| h.complete_since_ms)
+            };
+            self.now_ms.saturating_sub(since)
+        };
         let (to, reason): (Option<P>, Reason) = match leader {
             Some((lp, lr)) => {
                 // Challenges against the incumbent claimant.
                 let challenger = best.filter(|(bp, br)| {
                     *bp != lp
-                        && ((br.complete && !lr.complete)
+                        && ((br.complete && !lr.complete && complete_for(bp) >= grace)
                             || (periodic_due && br.strength() > lr.strength()))
                 });
                 match challenger {
@@ -630,17 +664,45 @@ mod tests {
             net.step();
         }
         assert_eq!(net.masters(), vec![0]);
-        // A peer holding the complete target joins: it takes over at once.
+        // A peer holding the complete target joins: it takes over once it
+        // has held it for the grace.
         net.nodes.push(Some(Election::new(
             9,
             rank(1000, 1),
             Timing::default(),
             net.now,
         )));
-        for _ in 0..4 {
+        net.step();
+        assert_eq!(net.masters(), vec![0], "not within the grace");
+        for _ in 0..3 {
             net.step();
         }
         assert_eq!(net.masters(), vec![9]);
+    }
+
+    #[test]
+    fn a_peer_completing_just_before_the_master_does_not_take_over() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1), rank(0, 1)]);
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        // Node 1 copied the master's last blocks and says so a heartbeat
+        // before the master's own announcement catches up.
+        let now = net.now;
+        if let Some(n) = net.nodes[1].as_mut() {
+            n.handle(Event::Rank(rank(1000, 1)), now);
+        }
+        net.step();
+        if let Some(n) = net.nodes[0].as_mut() {
+            n.handle(Event::Rank(rank(1000, 1)), now + 600);
+        }
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        let e: Vec<u64> = net.nodes.iter().flatten().map(|e| e.elections()).collect();
+        assert_eq!(e, vec![1, 1, 1], "one election, no handover at the end");
     }
 
     #[test]
