@@ -176,6 +176,28 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     };
 }
 
+/// Waits until `len` bytes of `file` from `offset` are written to disk
+/// (`sync_file_range`, not a durability barrier) and drops them from the
+/// page cache (`posix_fadvise` `DONTNEED`). A large copy that nothing reads
+/// soon then reuses the same few pages rather than filling the page cache.
+/// A hint: failures are ignored.
+#[allow(unsafe_code)]
+pub fn drop_written(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: the descriptor is open for both calls; they take no pointers.
+    unsafe {
+        if libc::sync_file_range(file.as_raw_fd(), offset, len, flags) == 0 {
+            libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
 /// A file one thread is writing while others read it through [`ReadAt`]:
 /// a read waits until the range it asks for has been written. It lets a
 /// publisher sign a content on several threads while copying it.

@@ -426,25 +426,33 @@ pub fn decode(bytes: &[u8]) -> Result<NeedsFile, NeedsFileError> {
     Ok(file)
 }
 
-/// Builds a needs file from merged needs (as [`crate::needs::compare`] makes
-/// them): splits runs at [`MAX_RUN`] and hashes each run's target bytes,
-/// read from `target`.
-pub fn build<R: ReadAt + ?Sized>(
-    base: ContentHash,
-    base_len: u64,
-    target: ContentHash,
-    needs: &[Need],
-    target_data: &R,
-) -> Result<NeedsFile, R::Error> {
+/// A run of a needs file before its hash is known (see [`plan_runs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedRun {
+    /// Offset in the target.
+    pub offset: u64,
+    /// Length, `1..=MAX_RUN`.
+    pub len: u64,
+    /// Where its bytes come from.
+    pub source: RunSource,
+}
+
+/// Splits merged needs (as [`crate::needs::compare`] makes them) into runs,
+/// in target order.
+///
+/// Runs are cut at multiples of [`MAX_RUN`] in the target, not every
+/// `MAX_RUN` bytes from where a need starts. So the interior runs of long
+/// needs are the runs of the target's pieces file, and the needs lists of
+/// one target (one per base) share the runs where their needs share
+/// boundaries: a publisher hashes each distinct run once.
+pub fn plan_runs(needs: &[Need]) -> Vec<PlannedRun> {
     let mut runs = Vec::new();
     let mut offset = 0u64;
-    let mut buf = Vec::new();
     for need in needs {
         let mut done = 0u64;
         while done < need.len() {
-            let len = (need.len() - done).min(MAX_RUN);
-            buf.resize(len as usize, 0);
-            target_data.read_exact_at(&mut buf, offset)?;
+            let boundary = (offset / MAX_RUN + 1) * MAX_RUN;
+            let len = (need.len() - done).min(boundary - offset);
             let source = match *need {
                 Need::Seed {
                     offset: base_off, ..
@@ -453,22 +461,59 @@ pub fn build<R: ReadAt + ?Sized>(
                 },
                 Need::Source { .. } => RunSource::Origin,
             };
-            runs.push(Run {
+            runs.push(PlannedRun {
+                offset,
+                len,
                 source,
-                len: len as u32,
-                hash: ContentHash::of(&buf),
             });
             done += len;
             offset += len;
         }
     }
+    runs
+}
+
+/// Makes a needs file of `runs` (from [`plan_runs`]), asking `hash(offset,
+/// len)` for the BLAKE3 of each run's target bytes.
+pub fn assemble<E>(
+    base: ContentHash,
+    base_len: u64,
+    target: ContentHash,
+    runs: &[PlannedRun],
+    mut hash: impl FnMut(u64, u64) -> Result<ContentHash, E>,
+) -> Result<NeedsFile, E> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        out.push(Run {
+            source: r.source,
+            len: r.len as u32,
+            hash: hash(r.offset, r.len)?,
+        });
+    }
     Ok(NeedsFile {
         base,
         base_len,
         target,
-        target_len: offset,
-        runs,
+        target_len: runs.last().map_or(0, |r| r.offset + r.len),
+        runs: out,
         pack: None,
+    })
+}
+
+/// Builds a needs file from merged needs: splits them into runs
+/// ([`plan_runs`]) and hashes each run's target bytes, read from `target`.
+pub fn build<R: ReadAt + ?Sized>(
+    base: ContentHash,
+    base_len: u64,
+    target: ContentHash,
+    needs: &[Need],
+    target_data: &R,
+) -> Result<NeedsFile, R::Error> {
+    let mut buf = Vec::new();
+    assemble(base, base_len, target, &plan_runs(needs), |offset, len| {
+        buf.resize(len as usize, 0);
+        target_data.read_exact_at(&mut buf, offset)?;
+        Ok(ContentHash::of(&buf))
     })
 }
 
@@ -483,6 +528,57 @@ mod tests {
             .iter()
             .map(Signature::from)
             .collect()
+    }
+
+    #[test]
+    fn runs_split_at_aligned_offsets_and_reuse_the_pieces_hashes() {
+        let base: Vec<u8> = (0..5_500_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        // An insertion near the start shifts everything after it.
+        let mut target = base[..300_000].to_vec();
+        target.extend_from_slice(&[7u8; 5000]);
+        target.extend_from_slice(&base[300_000..]);
+        let needs = compare(&sigs(&target), &sigs(&base));
+        let (bh, th) = (ContentHash::of(&base), ContentHash::of(&target));
+        let plain = build(bh, base.len() as u64, th, &needs, &target[..]).unwrap();
+        // Every run ends at the end of a need or at a multiple of MAX_RUN.
+        let mut ends: Vec<u64> = Vec::new();
+        let mut at = 0;
+        for n in &needs {
+            at += n.len();
+            ends.push(at);
+        }
+        for p in plain.placed() {
+            let end = p.target_range().end;
+            assert!(end.is_multiple_of(MAX_RUN) || ends.contains(&end), "{end}");
+        }
+        // The pieces file's runs are the aligned ones.
+        let whole = [Need::Source {
+            offset: 0,
+            len: target.len() as u64,
+        }];
+        let pieces = build(ContentHash::EMPTY, 0, th, &whole, &target[..]).unwrap();
+        let aligned: Vec<ContentHash> = pieces.runs.iter().map(|r| r.hash).collect();
+        assert_eq!(aligned.len(), target.len().div_ceil(MAX_RUN as usize));
+        // Reusing them, only the runs at the ends of needs are read.
+        let mut read = 0u64;
+        let reused = assemble(bh, base.len() as u64, th, &plan_runs(&needs), |off, len| {
+            if off.is_multiple_of(MAX_RUN) && len == MAX_RUN.min(target.len() as u64 - off) {
+                return Ok(aligned[(off / MAX_RUN) as usize]);
+            }
+            read += len;
+            Ok::<_, std::convert::Infallible>(ContentHash::of(
+                &target[off as usize..(off + len) as usize],
+            ))
+        })
+        .unwrap();
+        assert_eq!(reused, plain);
+        assert!(
+            read < 2 * MAX_RUN,
+            "read {read} B of {} to hash the needs list",
+            target.len()
+        );
     }
 
     #[test]
