@@ -23,11 +23,12 @@
 //!
 //! Incumbency: a master keeps its role while it lives, except that (a) a
 //! candidate holding the target complete takes over from one that does not,
-//! once it has held it for [`COMPLETE_GRACE_BEATS`] heartbeats, and (b) at each periodic re-election (`reelect_ms`) a candidate
-//! strictly better on criteria 1–4 takes over. Free space and the peer id
-//! only break ties between non-incumbents: the peers that copied the
-//! master's finished blocks would otherwise tie with it and take over
-//! mid-transfer for nothing.
+//! once it has held it for [`COMPLETE_GRACE_BEATS`] heartbeats, and (b) at
+//! each periodic re-election (`reelect_ms`) a candidate strictly better on
+//! criteria 1–4 takes over (not one complete for less than the grace).
+//! Free space and the peer id only break ties between non-incumbents: the
+//! peers that copied the master's finished blocks would otherwise tie with
+//! it and take over mid-transfer for nothing.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -414,9 +415,13 @@ impl<P: Ord + Clone + Debug> Election<P> {
             Some((lp, lr)) => {
                 // Challenges against the incumbent claimant.
                 let challenger = best.filter(|(bp, br)| {
+                    let completes = br.complete && !lr.complete;
+                    // Not even at a periodic re-election: that is the
+                    // handover the grace is there to prevent.
+                    let in_grace = completes && complete_for(bp) < grace;
                     *bp != lp
-                        && ((br.complete && !lr.complete && complete_for(bp) >= grace)
-                            || (periodic_due && br.strength() > lr.strength()))
+                        && !in_grace
+                        && (completes || (periodic_due && br.strength() > lr.strength()))
                 });
                 match challenger {
                     Some((bp, br)) => (
@@ -511,11 +516,14 @@ mod tests {
 
     impl Net {
         fn new(ranks: &[Rank]) -> Net {
+            Net::with_timing(ranks, Timing::default())
+        }
+        fn with_timing(ranks: &[Rank], t: Timing) -> Self {
             Net {
                 nodes: ranks
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| Some(Election::new(i as u32, *r, Timing::default(), 0)))
+                    .map(|(i, r)| Some(Election::new(i as u32, *r, t, 0)))
                     .collect(),
                 now: 0,
             }
@@ -703,6 +711,34 @@ mod tests {
         assert_eq!(net.masters(), vec![0]);
         let e: Vec<u64> = net.nodes.iter().flatten().map(|e| e.elections()).collect();
         assert_eq!(e, vec![1, 1, 1], "one election, no handover at the end");
+    }
+
+    #[test]
+    fn the_grace_holds_at_a_periodic_reelection_too() {
+        // Re-elections every heartbeat: one falls inside any grace.
+        let t = Timing {
+            reelect_ms: Timing::default().heartbeat_ms,
+            ..Timing::default()
+        };
+        let mut net = Net::with_timing(&[rank(0, 1), rank(0, 1)], t);
+        for _ in 0..6 {
+            net.step();
+        }
+        assert_eq!(net.masters(), vec![0]);
+        let now = net.now;
+        if let Some(n) = net.nodes[1].as_mut() {
+            n.handle(Event::Rank(rank(1000, 1)), now);
+        }
+        net.step();
+        assert_eq!(net.masters(), vec![0], "taken over within the grace");
+        for _ in 0..3 {
+            net.step();
+        }
+        assert_eq!(
+            net.masters(),
+            vec![1],
+            "a complete peer takes over after it"
+        );
     }
 
     #[test]

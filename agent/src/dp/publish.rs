@@ -39,7 +39,9 @@ use peerdelta_protocol::manifest::{
 use peerdelta_protocol::needs::{compare, summarize};
 use peerdelta_protocol::needsfile::{NeedsFile, Pack, PlannedRun, RunSource};
 use peerdelta_protocol::publish::{NeedsPlan, NewFile, WINDOW, plan_needs};
-use peerdelta_protocol::rdc::{LevelParams, ReadAt, Signature, Traits, sigfile, similarity};
+use peerdelta_protocol::rdc::{
+    DEFAULT_PIECE_LEN, LevelParams, ReadAt, Signature, Traits, sigfile, similarity,
+};
 use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
 use serde::Serialize;
 
@@ -51,9 +53,10 @@ use crate::util::{now_ms, par_map};
 /// A large copy starts going to disk every this many bytes.
 const WRITEBACK: u64 = 16 << 20;
 
-/// A large copy drops from the page cache what lies this far behind the
-/// copy loop: further than the signers run behind it (they take 8 MiB
-/// pieces, a few at a time).
+/// A large copy drops from the page cache what lies at least this far
+/// behind the copy loop, and further with more signing threads (workers
+/// take pieces of [`DEFAULT_PIECE_LEN`] bytes and run up to two per thread
+/// ahead of the oldest one).
 const DROP_LAG: u64 = 4 * WRITEBACK;
 
 /// Files at least this large are signed one at a time on all cores; smaller
@@ -260,7 +263,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let pairs: Vec<((ContentHash, ContentHash), u64)> = pairs.into_iter().collect();
     let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
     let staging = Staging::new(lib);
-    let made = needs_lists(&staging, &pairs, &sizes, opts)?;
+    let made = needs_lists(&staging, &pairs, &sizes, &sig_refs, opts)?;
     staging.commit()?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
     let (mut written, mut reused, mut skipped) = (0, 0, 0);
@@ -637,6 +640,7 @@ fn copy_signing(
         File::open(tmp).with_context(|| format!("opening {}", tmp.display()))?,
         size,
     );
+    let lag = DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN);
     std::thread::scope(|s| {
         let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
         let copied = (|| {
@@ -679,13 +683,13 @@ fn copy_signing(
                     // Start flushing now, while the signer works on what is
                     // written, rather than all at the batch's sync.
                     start_writeback(&output, copied - WRITEBACK, WRITEBACK);
-                    // And drop what is written and signed from the page
-                    // cache: the copy then recycles a few pages instead of
-                    // filling memory (new pages cost far more than reused
-                    // ones; the publish of a 235 MB image took 20% less).
-                    // A signer that fell further behind reads from disk.
-                    if copied >= DROP_LAG {
-                        drop_written(&output, copied - DROP_LAG, WRITEBACK);
+                    // And drop from the page cache what the signers have
+                    // most likely read: the copy then recycles a few pages
+                    // instead of filling memory (new pages cost far more
+                    // than reused ones; the publish of a 235 MB image took
+                    // 20% less). A signer further behind reads from disk.
+                    if copied >= lag {
+                        drop_written(&output, copied - lag, WRITEBACK);
                     }
                 }
             }
@@ -882,6 +886,7 @@ fn needs_lists(
     staging: &Staging<'_>,
     pairs: &[((ContentHash, ContentHash), u64)],
     sizes: &HashMap<ContentHash, u64>,
+    stored: &HashMap<ContentHash, Stored>,
     opts: &PublishOptions,
 ) -> anyhow::Result<Vec<NeedsOutcome>> {
     let lib = staging.library();
@@ -897,9 +902,10 @@ fn needs_lists(
         let NeedsStep::Build(runs) = step else {
             continue;
         };
-        let aligned = pieces
-            .entry(*target)
-            .or_insert_with(|| pieces_hashes(lib, target, len_of(target)));
+        let aligned = pieces.entry(*target).or_insert_with(|| {
+            let known = stored.get(target).and_then(|s| s.pieces);
+            pieces_hashes(lib, target, len_of(target), known.as_ref())
+        });
         let set = wanted.entry(*target).or_default();
         for r in runs {
             if piece_hash(aligned, len_of(target), r.offset, r.len).is_none() {
@@ -1049,12 +1055,17 @@ fn piece_hash(aligned: &[ContentHash], len_all: u64, offset: u64, len: u64) -> O
 }
 
 /// The run hashes of a content's pieces file (its [`needsfile::MAX_RUN`]-aligned
-/// runs), which needs lists to it reuse; none if it has no usable one (the
-/// needs lists then hash all their runs).
-fn pieces_hashes(lib: &Library, target: &ContentHash, target_len: u64) -> Vec<ContentHash> {
-    if target_len <= needsfile::MAX_RUN {
+/// runs), which needs lists to it reuse, if the file is the one `known`
+/// names; none otherwise (the needs lists then hash all their runs).
+fn pieces_hashes(
+    lib: &Library,
+    target: &ContentHash,
+    target_len: u64,
+    known: Option<&PiecesRef>,
+) -> Vec<ContentHash> {
+    let Some(known) = known.filter(|_| target_len > needsfile::MAX_RUN) else {
         return Vec::new();
-    }
+    };
     let path = lib.path(&layout::needs(&ContentHash::EMPTY, target));
     let unusable = |why: &dyn std::fmt::Display| {
         tracing::warn!(
@@ -1064,8 +1075,10 @@ fn pieces_hashes(lib: &Library, target: &ContentHash, target_len: u64) -> Vec<Co
         Vec::new()
     };
     let nf = match fs::read(&path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
         Err(e) => return unusable(&e),
+        Ok(bytes) if ContentHash::of(&bytes) != known.file_hash => {
+            return unusable(&"not the pieces file the manifests name");
+        }
         Ok(bytes) => match needsfile::decode(&bytes) {
             Ok(nf) => nf,
             Err(e) => return unusable(&e),

@@ -27,7 +27,7 @@ pub use levels::{
     LevelParams, MAX_LEVELS, SignatureBuilder, SignatureFiles, TOP_LEVEL_MAX, chunks, depth_for,
     signature_files,
 };
-pub use parallel::{ParallelOptions, ReadAt, sign_parallel};
+pub use parallel::{DEFAULT_PIECE_LEN, ParallelOptions, ReadAt, sign_parallel};
 pub use params::{
     EdgeRules, EndRule, MAX_CHUNK_LEN, MAX_HORIZON, MAX_WINDOW, MIN_HORIZON, MIN_WINDOW,
     ParamError, Params, StartRule,

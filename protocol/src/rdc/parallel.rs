@@ -65,6 +65,9 @@ const READ_LEN: usize = 1 << 20;
 /// pieces.
 const TAIL_READ_LEN: usize = 16 << 10;
 
+/// Default bytes per piece of [`ParallelOptions`].
+pub const DEFAULT_PIECE_LEN: u64 = 8 << 20;
+
 /// Options of [`sign_parallel`].
 #[derive(Debug, Clone, Copy)]
 pub struct ParallelOptions {
@@ -79,7 +82,7 @@ impl ParallelOptions {
     pub fn new(threads: usize) -> Self {
         ParallelOptions {
             threads: threads.max(1),
-            piece_len: 8 << 20,
+            piece_len: DEFAULT_PIECE_LEN,
         }
     }
 
