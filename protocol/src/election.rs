@@ -550,6 +550,17 @@ mod tests {
                 e.handle(Event::Tick, self.now);
             }
         }
+        fn steps(&mut self, n: usize) {
+            for _ in 0..n {
+                self.step();
+            }
+        }
+        /// Node `i`'s own rank changes at `at`.
+        fn set_rank(&mut self, i: usize, r: Rank, at: u64) {
+            if let Some(n) = self.nodes[i].as_mut() {
+                n.handle(Event::Rank(r), at);
+            }
+        }
         fn masters(&self) -> Vec<u32> {
             self.nodes
                 .iter()
@@ -611,9 +622,7 @@ mod tests {
         let mut net = Net::new(&[rank(100, 1), rank(300, 1), rank(300, 2), rank(0, 1)]);
         net.step();
         assert!(net.masters().is_empty(), "nobody claims before settling");
-        for _ in 0..6 {
-            net.step();
-        }
+        net.steps(6);
         assert_eq!(net.masters(), vec![2]);
         assert!(net.views().iter().all(|v| *v == Some(2)));
     }
@@ -621,24 +630,18 @@ mod tests {
     #[test]
     fn weight_zero_never_master() {
         let mut net = Net::new(&[rank(900, 0), rank(0, 1)]);
-        for _ in 0..8 {
-            net.step();
-        }
+        net.steps(8);
         assert_eq!(net.masters(), vec![1]);
         // Alone with weight 0: no master at all.
         let mut net = Net::new(&[rank(900, 0)]);
-        for _ in 0..8 {
-            net.step();
-        }
+        net.steps(8);
         assert!(net.masters().is_empty());
     }
 
     #[test]
     fn lost_master_is_replaced_within_the_timeout() {
         let mut net = Net::new(&[rank(0, 1), rank(0, 1), rank(0, 1)]);
-        for _ in 0..6 {
-            net.step();
-        }
+        net.steps(6);
         assert_eq!(net.masters(), vec![0]);
         net.nodes[0] = None;
         let lost_at = net.now;
@@ -659,18 +662,14 @@ mod tests {
     #[test]
     fn incumbent_keeps_role_on_ties_but_a_holder_of_the_target_takes_over() {
         let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
-        for _ in 0..6 {
-            net.step();
-        }
+        net.steps(6);
         assert_eq!(net.masters(), vec![0]);
         // The peer catches up with the master: no change.
         for n in net.nodes.iter_mut().flatten() {
             let r = rank(500, 1);
             n.handle(Event::Rank(r), net.now);
         }
-        for _ in 0..4 {
-            net.step();
-        }
+        net.steps(4);
         assert_eq!(net.masters(), vec![0]);
         // A peer holding the complete target joins: it takes over once it
         // has held it for the grace.
@@ -682,32 +681,22 @@ mod tests {
         )));
         net.step();
         assert_eq!(net.masters(), vec![0], "not within the grace");
-        for _ in 0..3 {
-            net.step();
-        }
+        net.steps(3);
         assert_eq!(net.masters(), vec![9]);
     }
 
     #[test]
     fn a_peer_completing_just_before_the_master_does_not_take_over() {
         let mut net = Net::new(&[rank(0, 1), rank(0, 1), rank(0, 1)]);
-        for _ in 0..6 {
-            net.step();
-        }
+        net.steps(6);
         assert_eq!(net.masters(), vec![0]);
         // Node 1 copied the master's last blocks and says so a heartbeat
         // before the master's own announcement catches up.
         let now = net.now;
-        if let Some(n) = net.nodes[1].as_mut() {
-            n.handle(Event::Rank(rank(1000, 1)), now);
-        }
+        net.set_rank(1, rank(1000, 1), now);
         net.step();
-        if let Some(n) = net.nodes[0].as_mut() {
-            n.handle(Event::Rank(rank(1000, 1)), now + 600);
-        }
-        for _ in 0..6 {
-            net.step();
-        }
+        net.set_rank(0, rank(1000, 1), now + 600);
+        net.steps(6);
         assert_eq!(net.masters(), vec![0]);
         let e: Vec<u64> = net.nodes.iter().flatten().map(|e| e.elections()).collect();
         assert_eq!(e, vec![1, 1, 1], "one election, no handover at the end");
@@ -721,19 +710,13 @@ mod tests {
             ..Timing::default()
         };
         let mut net = Net::with_timing(&[rank(0, 1), rank(0, 1)], t);
-        for _ in 0..6 {
-            net.step();
-        }
+        net.steps(6);
         assert_eq!(net.masters(), vec![0]);
         let now = net.now;
-        if let Some(n) = net.nodes[1].as_mut() {
-            n.handle(Event::Rank(rank(1000, 1)), now);
-        }
+        net.set_rank(1, rank(1000, 1), now);
         net.step();
         assert_eq!(net.masters(), vec![0], "taken over within the grace");
-        for _ in 0..3 {
-            net.step();
-        }
+        net.steps(3);
         assert_eq!(
             net.masters(),
             vec![1],
@@ -744,17 +727,11 @@ mod tests {
     #[test]
     fn periodic_reelection_lets_a_strictly_better_candidate_take_over() {
         let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
-        for _ in 0..6 {
-            net.step();
-        }
+        net.steps(6);
         assert_eq!(net.masters(), vec![0]);
         // Node 1 now holds more of the target (say, an older version appeared).
-        if let Some(n) = net.nodes[1].as_mut() {
-            n.handle(Event::Rank(rank(700, 1)), net.now);
-        }
-        for _ in 0..4 {
-            net.step();
-        }
+        net.set_rank(1, rank(700, 1), net.now);
+        net.steps(4);
         assert_eq!(net.masters(), vec![0], "no takeover before the re-election");
         let until = net.now + Timing::default().reelect_ms + 2_000;
         while net.now < until {

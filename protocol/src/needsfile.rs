@@ -500,6 +500,26 @@ pub fn assemble<E>(
     })
 }
 
+/// The index of the pieces-file run (every run from the origin, cut by
+/// [`plan_runs`]) that is exactly `offset..offset + len` of a content of
+/// `total` bytes, if one is.
+pub fn piece_index(offset: u64, len: u64, total: u64) -> Option<usize> {
+    (offset.is_multiple_of(MAX_RUN) && len > 0 && len == MAX_RUN.min(total.saturating_sub(offset)))
+        .then_some((offset / MAX_RUN) as usize)
+}
+
+/// BLAKE3 of `len` bytes of `src` at `offset`, read into `buf`.
+pub fn hash_range<R: ReadAt + ?Sized>(
+    src: &R,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Result<ContentHash, R::Error> {
+    buf.resize(len as usize, 0);
+    src.read_exact_at(buf, offset)?;
+    Ok(ContentHash::of(buf))
+}
+
 /// Builds a needs file from merged needs: splits them into runs
 /// ([`plan_runs`]) and hashes each run's target bytes, read from `target`.
 pub fn build<R: ReadAt + ?Sized>(
@@ -511,9 +531,7 @@ pub fn build<R: ReadAt + ?Sized>(
 ) -> Result<NeedsFile, R::Error> {
     let mut buf = Vec::new();
     assemble(base, base_len, target, &plan_runs(needs), |offset, len| {
-        buf.resize(len as usize, 0);
-        target_data.read_exact_at(&mut buf, offset)?;
-        Ok(ContentHash::of(&buf))
+        hash_range(target_data, offset, len, &mut buf)
     })
 }
 
@@ -530,17 +548,28 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn runs_split_at_aligned_offsets_and_reuse_the_pieces_hashes() {
-        let base: Vec<u8> = (0..5_500_000u32)
+    /// A pseudo-random base of `len` bytes and a target with `inserted`
+    /// put in at `at`, their needs and hashes.
+    fn inserted(
+        len: u32,
+        at: usize,
+        inserted: &[u8],
+    ) -> (Vec<u8>, Vec<u8>, Vec<Need>, ContentHash, ContentHash) {
+        let base: Vec<u8> = (0..len)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
-        // An insertion near the start shifts everything after it.
-        let mut target = base[..300_000].to_vec();
-        target.extend_from_slice(&[7u8; 5000]);
-        target.extend_from_slice(&base[300_000..]);
+        let mut target = base[..at].to_vec();
+        target.extend_from_slice(inserted);
+        target.extend_from_slice(&base[at..]);
         let needs = compare(&sigs(&target), &sigs(&base));
         let (bh, th) = (ContentHash::of(&base), ContentHash::of(&target));
+        (base, target, needs, bh, th)
+    }
+
+    #[test]
+    fn runs_split_at_aligned_offsets_and_reuse_the_pieces_hashes() {
+        // An insertion near the start shifts everything after it.
+        let (base, target, needs, bh, th) = inserted(5_500_000, 300_000, &[7u8; 5000]);
         let plain = build(bh, base.len() as u64, th, &needs, &target[..]).unwrap();
         // Every run ends at the end of a need or at a multiple of MAX_RUN.
         let mut ends: Vec<u64> = Vec::new();
@@ -564,8 +593,8 @@ mod tests {
         // Reusing them, only the runs at the ends of needs are read.
         let mut read = 0u64;
         let reused = assemble(bh, base.len() as u64, th, &plan_runs(&needs), |off, len| {
-            if off.is_multiple_of(MAX_RUN) && len == MAX_RUN.min(target.len() as u64 - off) {
-                return Ok(aligned[(off / MAX_RUN) as usize]);
+            if let Some(k) = piece_index(off, len, target.len() as u64) {
+                return Ok(aligned[k]);
             }
             read += len;
             Ok::<_, std::convert::Infallible>(ContentHash::of(
@@ -583,14 +612,8 @@ mod tests {
 
     #[test]
     fn build_verify_round_trip() {
-        let base: Vec<u8> = (0..3_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-            .collect();
-        let mut target = base[..1_000_000].to_vec();
-        target.extend_from_slice(b"new bytes in the middle");
-        target.extend_from_slice(&base[1_000_000..]);
-        let needs = compare(&sigs(&target), &sigs(&base));
-        let (bh, th) = (ContentHash::of(&base), ContentHash::of(&target));
+        let (base, target, needs, bh, th) =
+            inserted(3_000_000, 1_000_000, b"new bytes in the middle");
         let nf = build(bh, base.len() as u64, th, &needs, &target[..]).unwrap();
         assert!(nf.runs.iter().all(|r| u64::from(r.len) <= MAX_RUN));
         assert!(nf.origin_bytes() < 10_000);

@@ -36,8 +36,8 @@ use peerdelta_protocol::manifest::{
     self, Entry, EntryKind, FileEntry, INDEX_MAGIC, IndexEntry, MANIFEST_MAGIC, Manifest,
     ManifestDelta, NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath, SigRef,
 };
-use peerdelta_protocol::needs::{compare, summarize};
-use peerdelta_protocol::needsfile::{NeedsFile, Pack, PlannedRun, RunSource};
+use peerdelta_protocol::needs::{Need, compare, summarize};
+use peerdelta_protocol::needsfile::{NeedsFile, Pack, PlannedRun};
 use peerdelta_protocol::publish::{NeedsPlan, NewFile, WINDOW, plan_needs};
 use peerdelta_protocol::rdc::{
     DEFAULT_PIECE_LEN, LevelParams, ReadAt, Signature, Traits, sigfile, similarity,
@@ -778,26 +778,29 @@ fn write_pieces<R>(
     threads: usize,
 ) -> anyhow::Result<Option<PiecesRef>>
 where
-    R: peerdelta_protocol::rdc::ReadAt + ?Sized,
+    R: ReadAt + ?Sized,
     R::Error: std::error::Error + Send + Sync + 'static,
 {
     if size <= needsfile::MAX_RUN {
         return Ok(None);
     }
-    let all = needsfile::plan_runs(&[peerdelta_protocol::needs::Need::Source {
+    let all = needsfile::plan_runs(&[Need::Source {
         offset: 0,
         len: size,
     }]);
     let mut buf = Vec::new();
-    let mut nf = needsfile::assemble(ContentHash::EMPTY, 0, *hash, &all, |offset, len| {
-        if let Some(h) = piece_hash(runs, size, offset, len) {
-            return Ok(h);
-        }
-        buf.resize(len as usize, 0);
-        content.read_exact_at(&mut buf, offset)?;
-        Ok::<_, R::Error>(ContentHash::of(&buf))
-    })
-    .context("hashing pieces")?;
+    let mut nf =
+        needsfile::assemble(
+            ContentHash::EMPTY,
+            0,
+            *hash,
+            &all,
+            |offset, len| match piece_hash(runs, size, offset, len) {
+                Some(h) => Ok(h),
+                None => needsfile::hash_range(content, offset, len, &mut buf),
+            },
+        )
+        .context("hashing pieces")?;
     nf.pack = write_pack(staging, &nf, content, None, level, threads)?;
     let bytes = nf.encode();
     staging.write_new(&layout::needs(&ContentHash::EMPTY, hash), &bytes)?;
@@ -818,7 +821,7 @@ fn write_pack<R>(
     threads: usize,
 ) -> anyhow::Result<Option<Pack>>
 where
-    R: peerdelta_protocol::rdc::ReadAt + ?Sized,
+    R: ReadAt + ?Sized,
     R::Error: std::error::Error + Send + Sync + 'static,
 {
     if level <= 0 {
@@ -933,11 +936,9 @@ fn needs_lists(
         let mut buf = Vec::new();
         let mut out = Vec::with_capacity(runs.len());
         for &(offset, len) in runs {
-            buf.resize(len as usize, 0);
-            content
-                .read_exact_at(&mut buf, offset)
+            let h = needsfile::hash_range(&content, offset, len, &mut buf)
                 .with_context(|| format!("reading {}", path.display()))?;
-            out.push(((*target, offset, len), ContentHash::of(&buf)));
+            out.push(((*target, offset, len), h));
         }
         Ok(out)
     })?;
@@ -1047,11 +1048,9 @@ fn write_needs(
 /// The hash of the run `offset..offset + len` of a content of `len_all`
 /// bytes if it is one of its pieces, `aligned` (from [`pieces_hashes`]).
 fn piece_hash(aligned: &[ContentHash], len_all: u64, offset: u64, len: u64) -> Option<ContentHash> {
-    let max = needsfile::MAX_RUN;
-    if !offset.is_multiple_of(max) || len != max.min(len_all.saturating_sub(offset)) {
-        return None;
-    }
-    aligned.get((offset / max) as usize).copied()
+    aligned
+        .get(needsfile::piece_index(offset, len, len_all)?)
+        .copied()
 }
 
 /// The run hashes of a content's pieces file (its [`needsfile::MAX_RUN`]-aligned
@@ -1084,14 +1083,15 @@ fn pieces_hashes(
             Err(e) => return unusable(&e),
         },
     };
-    let max = needsfile::MAX_RUN;
+    let planned = needsfile::plan_runs(&[Need::Source {
+        offset: 0,
+        len: target_len,
+    }]);
     let aligned = nf.target == *target
         && nf.target_len == target_len
-        && nf.runs.len() as u64 == target_len.div_ceil(max)
-        && nf.runs.iter().enumerate().all(|(k, r)| {
-            r.source == RunSource::Origin
-                && u64::from(r.len) == max.min(target_len - k as u64 * max)
-        });
+        && nf.runs.len() == planned.len()
+        && (nf.runs.iter().zip(&planned))
+            .all(|(r, p)| r.source == p.source && u64::from(r.len) == p.len);
     if !aligned {
         return unusable(&"not the content's runs of one MiB");
     }
