@@ -33,6 +33,15 @@ impl FileSource {
             path: path.to_owned(),
         })
     }
+
+    /// The file's length now (it may have changed since it was opened).
+    pub fn current_len(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .with_context(|| format!("reading metadata of {}", self.path.display()))?
+            .len())
+    }
 }
 
 impl ReadAt for FileSource {

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::hex;
+use crate::rdc::ReadAt;
 
 /// The BLAKE3 hash of a file's content. Content is stored and sent by this
 /// hash, so a renamed, moved or duplicated file costs nothing.
@@ -91,6 +92,113 @@ impl<'de> Deserialize<'de> for ContentHash {
     }
 }
 
+/// Bytes of one leaf of [`hash_parallel`]: a whole BLAKE3 subtree (a power
+/// of two of 1 KiB chunks), read and hashed by one thread.
+pub const PARALLEL_LEAF: u64 = 8 << 20;
+
+/// Bytes [`hash_parallel`] reads at a time.
+const READ_LEN: u64 = 1 << 20;
+
+/// The BLAKE3 of `src` computed on `threads` threads: each thread hashes
+/// whole [`PARALLEL_LEAF`] subtrees (their chaining values, at their
+/// offsets), and the tree above them is merged as BLAKE3 builds it (the
+/// left subtree of `n` bytes is the largest power of two of chunks below
+/// `n`), so the result is exactly [`ContentHash::of`] the whole input.
+pub fn hash_parallel<R: ReadAt + ?Sized>(src: &R, threads: usize) -> Result<ContentHash, R::Error> {
+    use blake3::hazmat::{
+        ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+    };
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let len = src.len();
+    let leaves = len.div_ceil(PARALLEL_LEAF);
+    // Feeds `offset..offset + n` to `h` through one small buffer (fresh
+    // memory costs more than reused memory).
+    let feed = |h: &mut blake3::Hasher, offset: u64, n: u64, buf: &mut Vec<u8>| {
+        let mut at = offset;
+        while at < offset + n {
+            let step = READ_LEN.min(offset + n - at);
+            buf.resize(step as usize, 0);
+            src.read_exact_at(buf, at)?;
+            h.update(buf);
+            at += step;
+        }
+        Ok(())
+    };
+    let sequential = || -> Result<ContentHash, R::Error> {
+        let mut h = blake3::Hasher::new();
+        feed(&mut h, 0, len, &mut Vec::new())?;
+        Ok(h.finalize().into())
+    };
+    if leaves <= 1 || threads <= 1 {
+        return sequential();
+    }
+    let next = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let cvs: Mutex<Vec<Option<ChainingValue>>> = Mutex::new(vec![None; leaves as usize]);
+    let error: Mutex<Option<R::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(leaves as usize) {
+            s.spawn(|| {
+                let mut buf = Vec::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= leaves || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let offset = k * PARALLEL_LEAF;
+                    let mut h = blake3::Hasher::new();
+                    h.set_input_offset(offset);
+                    match feed(&mut h, offset, PARALLEL_LEAF.min(len - offset), &mut buf) {
+                        Ok(()) => {
+                            let cv = h.finalize_non_root();
+                            cvs.lock().unwrap_or_else(|e| e.into_inner())[k as usize] = Some(cv);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    // Without an error every leaf was hashed.
+    let Some(cvs) = (cvs.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .into_iter()
+        .collect::<Option<Vec<ChainingValue>>>()
+    else {
+        return sequential();
+    };
+    // The chaining value of `offset..offset + n`, which starts at a leaf
+    // and spans whole leaves but maybe the last.
+    fn node(cvs: &[ChainingValue], offset: u64, n: u64) -> ChainingValue {
+        if n <= PARALLEL_LEAF {
+            return cvs[(offset / PARALLEL_LEAF) as usize];
+        }
+        let left = blake3::hazmat::left_subtree_len(n);
+        merge_subtrees_non_root(
+            &node(cvs, offset, left),
+            &node(cvs, offset + left, n - left),
+            Mode::Hash,
+        )
+    }
+    let left = blake3::hazmat::left_subtree_len(len);
+    Ok(merge_subtrees_root(
+        &node(&cvs, 0, left),
+        &node(&cvs, left, len - left),
+        Mode::Hash,
+    )
+    .into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +219,35 @@ mod tests {
         let bin = postcard::to_allocvec(&h).unwrap();
         assert_eq!(bin.len(), 32);
         assert_eq!(postcard::from_bytes::<ContentHash>(&bin).unwrap(), h);
+    }
+
+    #[test]
+    fn the_parallel_hash_is_the_hash() {
+        // Around leaf boundaries and at sizes whose tree is unbalanced.
+        let data: Vec<u8> = (0..5 * PARALLEL_LEAF as usize + 4096)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+            .collect();
+        let leaf = PARALLEL_LEAF as usize;
+        for n in [
+            0,
+            1,
+            1024,
+            leaf - 1,
+            leaf,
+            leaf + 1,
+            2 * leaf,
+            3 * leaf + 17,
+            4 * leaf,
+            5 * leaf + 4096,
+        ] {
+            let input = &data[..n];
+            for threads in [1, 2, 3] {
+                assert_eq!(
+                    hash_parallel(input, threads).unwrap(),
+                    ContentHash::of(input),
+                    "{n} bytes, {threads} threads"
+                );
+            }
+        }
     }
 }

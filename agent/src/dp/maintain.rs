@@ -222,10 +222,9 @@ pub fn verify(
     Ok((versions, problems))
 }
 
+/// BLAKE3 of a file, on all cores.
 fn hash_file(path: &std::path::Path) -> anyhow::Result<ContentHash> {
-    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = blake3::Hasher::new();
-    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(h.finalize().into())
+    let src = crate::fsutil::FileSource::open(path)?;
+    peerdelta_protocol::hash::hash_parallel(&src, crate::util::cores())
+        .with_context(|| format!("reading {}", path.display()))
 }

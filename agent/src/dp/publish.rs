@@ -166,11 +166,24 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let progress = Progress::new("hashing", files.len() as u64, total, opts.progress);
     // Small files wait on opening and reading as much as on hashing.
     let io_threads = (opts.threads * 2).clamp(4, 16);
-    let hashes = par_map(&files, io_threads, |f| {
-        let h = hash_file(&f.abs, f.size.unwrap_or(0))?;
-        progress.add(1, f.size.unwrap_or(0));
-        Ok(h)
+    // Small files several at once, large ones one at a time on all cores.
+    let mut hashes = par_map(&files, io_threads, |f| {
+        let size = f.size.unwrap_or(0);
+        if size >= BIG_FILE {
+            return Ok(None);
+        }
+        let h = hash_file(&f.abs, size, 1)?;
+        progress.add(1, size);
+        Ok(Some(h))
     })?;
+    for (f, h) in files.iter().zip(&mut hashes) {
+        if h.is_none() {
+            let size = f.size.unwrap_or(0);
+            *h = Some(hash_file(&f.abs, size, opts.threads)?);
+            progress.add(1, size);
+        }
+    }
+    let hashes: Vec<ContentHash> = hashes.into_iter().flatten().collect();
     drop(progress);
     let hash_seconds = t.elapsed().as_secs_f64();
 
@@ -513,8 +526,29 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Scanned>> {
     Ok(out)
 }
 
-/// BLAKE3 of a file, checking it still has the size it was scanned with.
-fn hash_file(path: &Path, size: u64) -> anyhow::Result<ContentHash> {
+/// BLAKE3 of a file on `threads` threads, checking it still has the size
+/// it was scanned with.
+fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHash> {
+    let changed = |now: u64| {
+        anyhow::anyhow!(
+            "{} changed while it was being published ({size} bytes, then {now})",
+            path.display()
+        )
+    };
+    if threads > 1 {
+        let src = FileSource::open(path)?;
+        if src.len() != size {
+            return Err(changed(src.len()));
+        }
+        let h = peerdelta_protocol::hash::hash_parallel(&src, threads)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let now = src.current_len()?;
+        return if now == size {
+            Ok(h)
+        } else {
+            Err(changed(now))
+        };
+    }
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = blake3::Hasher::new();
     // A small file in one read (one byte more shows it grew).
@@ -522,10 +556,7 @@ fn hash_file(path: &Path, size: u64) -> anyhow::Result<ContentHash> {
     let n = std::io::copy(&mut BufReader::with_capacity(cap, f), &mut h)
         .with_context(|| format!("reading {}", path.display()))?;
     if n != size {
-        bail!(
-            "{} changed while it was being published ({size} bytes, then {n})",
-            path.display()
-        );
+        return Err(changed(n));
     }
     Ok(h.finalize().into())
 }
@@ -893,6 +924,7 @@ fn needs_lists(
     opts: &PublishOptions,
 ) -> anyhow::Result<Vec<NeedsOutcome>> {
     let lib = staging.library();
+    let started = Instant::now();
     let len_of = |t: &ContentHash| sizes.get(t).copied().unwrap_or(0);
     let steps = par_map(pairs, opts.threads, |&((base, target), _)| {
         needs_step(lib, base, target, len_of(&target), opts.min_saving)
@@ -930,6 +962,8 @@ fn needs_lists(
             bytes += len;
         }
     }
+    let compared = started.elapsed();
+    let hashed_bytes: u64 = batches.iter().flat_map(|b| &b.1).map(|r| r.1).sum();
     let hashed = par_map(&batches, opts.threads, |(target, runs)| {
         let path = lib.path(&layout::content(target));
         let content = FileSource::open(&path)?;
@@ -944,6 +978,7 @@ fn needs_lists(
     })?;
     let hashes: HashMap<(ContentHash, u64, u64), ContentHash> =
         hashed.into_iter().flatten().collect();
+    let hashed_at = started.elapsed();
 
     let todo: Vec<(usize, &Vec<PlannedRun>)> = steps
         .iter()
@@ -963,6 +998,14 @@ fn needs_lists(
         })?;
         write_needs(staging, nf, opts)
     })?;
+    tracing::debug!(
+        pairs = pairs.len(),
+        compare_s = compared.as_secs_f64(),
+        hashed_bytes,
+        hash_s = (hashed_at - compared).as_secs_f64(),
+        write_s = (started.elapsed() - hashed_at).as_secs_f64(),
+        "needs lists"
+    );
     let mut written = written.into_iter();
     steps
         .into_iter()
@@ -1213,4 +1256,30 @@ fn write_version(
     fs::rename(&tmp, &dest)
         .with_context(|| format!("moving {} to {}", tmp.display(), dest.display()))?;
     sync_dir(&parent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_hashes_to_its_content_or_is_reported_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        // Two parallel leaves and a bit.
+        let data: Vec<u8> = (0..(17u32 << 20)).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let len = data.len() as u64;
+        for threads in [1, 2] {
+            assert_eq!(
+                hash_file(&path, len, threads).unwrap(),
+                ContentHash::of(&data)
+            );
+            // Scanned at another size: it changed since.
+            for scanned in [len - 1, len + 1] {
+                let e = hash_file(&path, scanned, threads).unwrap_err().to_string();
+                assert!(e.contains("changed while it was being published"), "{e}");
+            }
+        }
+    }
 }
