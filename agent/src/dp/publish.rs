@@ -276,7 +276,8 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let pairs: Vec<((ContentHash, ContentHash), u64)> = pairs.into_iter().collect();
     let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
     let staging = Staging::new(lib);
-    let made = needs_lists(&staging, &pairs, &sizes, &sig_refs, opts)?;
+    let sources: HashMap<ContentHash, &Path> = missing.iter().map(|m| (m.0, m.1)).collect();
+    let made = needs_lists(&staging, &pairs, &sizes, &sig_refs, &sources, opts)?;
     staging.commit()?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
     let (mut written, mut reused, mut skipped) = (0, 0, 0);
@@ -921,6 +922,7 @@ fn needs_lists(
     pairs: &[((ContentHash, ContentHash), u64)],
     sizes: &HashMap<ContentHash, u64>,
     stored: &HashMap<ContentHash, Stored>,
+    sources: &HashMap<ContentHash, &Path>,
     opts: &PublishOptions,
 ) -> anyhow::Result<Vec<NeedsOutcome>> {
     let lib = staging.library();
@@ -930,9 +932,10 @@ fn needs_lists(
         needs_step(lib, base, target, len_of(&target), opts.min_saving)
     })?;
 
-    // The runs to hash, by target, and in batches of about 8 MiB.
+    // The runs to hash, by target and by the piece (aligned MiB) each lies
+    // in, in batches of a few pieces.
     let mut pieces: HashMap<ContentHash, Vec<ContentHash>> = HashMap::new();
-    let mut wanted: BTreeMap<ContentHash, BTreeSet<(u64, u64)>> = BTreeMap::new();
+    let mut wanted: BTreeMap<(ContentHash, u64), BTreeSet<(u64, u64)>> = BTreeMap::new();
     for (((_, target), _), step) in pairs.iter().zip(&steps) {
         let NeedsStep::Build(runs) = step else {
             continue;
@@ -941,38 +944,53 @@ fn needs_lists(
             let known = stored.get(target).and_then(|s| s.pieces);
             pieces_hashes(lib, target, len_of(target), known.as_ref())
         });
-        let set = wanted.entry(*target).or_default();
         for r in runs {
             if piece_hash(aligned, len_of(target), r.offset, r.len).is_none() {
-                set.insert((r.offset, r.len));
+                wanted
+                    .entry((*target, r.offset / needsfile::MAX_RUN))
+                    .or_default()
+                    .insert((r.offset, r.len));
             }
         }
     }
-    let mut batches: Vec<(ContentHash, Vec<(u64, u64)>)> = Vec::new();
-    for (target, set) in wanted {
-        let mut bytes = 0;
-        for (offset, len) in set {
-            match batches.last_mut() {
-                Some((t, b)) if *t == target && bytes < HASH_BATCH => b.push((offset, len)),
-                _ => {
-                    bytes = 0;
-                    batches.push((target, vec![(offset, len)]));
-                }
-            }
-            bytes += len;
+    // (piece index, its runs to hash).
+    type PieceRuns = (u64, BTreeSet<(u64, u64)>);
+    let mut batches: Vec<(ContentHash, Vec<PieceRuns>)> = Vec::new();
+    for ((target, piece), runs) in wanted {
+        match batches.last_mut() {
+            Some((t, b)) if *t == target && (b.len() as u64) < HASH_BATCH => b.push((piece, runs)),
+            _ => batches.push((target, vec![(piece, runs)])),
         }
     }
     let compared = started.elapsed();
-    let hashed_bytes: u64 = batches.iter().flat_map(|b| &b.1).map(|r| r.1).sum();
-    let hashed = par_map(&batches, opts.threads, |(target, runs)| {
-        let path = lib.path(&layout::content(target));
-        let content = FileSource::open(&path)?;
-        let mut buf = Vec::new();
-        let mut out = Vec::with_capacity(runs.len());
-        for &(offset, len) in runs {
-            let h = needsfile::hash_range(&content, offset, len, &mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
-            out.push(((*target, offset, len), h));
+    let hashed_bytes: u64 = batches
+        .iter()
+        .flat_map(|b| &b.1)
+        .flat_map(|p| &p.1)
+        .map(|r| r.1)
+        .sum();
+    let hashed = par_map(&batches, opts.threads, |(target, wanted)| {
+        let len = len_of(target);
+        let aligned = pieces.get(target).map_or(&[][..], Vec::as_slice);
+        let mut reader = PieceReader::new(lib, target, sources.get(target).copied())?;
+        let mut out = Vec::new();
+        for (piece, runs) in wanted {
+            let start = piece * needsfile::MAX_RUN;
+            let end = len.min(start + needsfile::MAX_RUN);
+            // The piece's hash: the content's own when it is one piece.
+            let expected = if len > needsfile::MAX_RUN {
+                aligned.get(*piece as usize).copied()
+            } else {
+                Some(*target)
+            };
+            let bytes = reader.read(start, end - start, expected)?;
+            for &(offset, n) in runs {
+                let at = (offset - start) as usize;
+                let run = bytes
+                    .get(at..at + n as usize)
+                    .context("a run outside its piece")?;
+                out.push(((*target, offset, n), ContentHash::of(run)));
+            }
         }
         Ok(out)
     })?;
@@ -1016,8 +1034,56 @@ fn needs_lists(
         .collect()
 }
 
-/// Runs hashed together, read from one content (bytes).
-const HASH_BATCH: u64 = 8 << 20;
+/// Pieces whose runs are hashed together, read from one content.
+const HASH_BATCH: u64 = 8;
+
+/// Reads pieces of a content published just now for hashing its needs
+/// lists' runs: from the source tree when the piece there still hashes to
+/// what was copied (the source was just read twice, so it is likely in
+/// memory, while the library copy was dropped from it as it was written),
+/// from the library otherwise.
+struct PieceReader {
+    source: Option<FileSource>,
+    library: Option<FileSource>,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl PieceReader {
+    fn new(lib: &Library, content: &ContentHash, source: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(PieceReader {
+            source: source.and_then(|p| FileSource::open(p).ok()),
+            library: None,
+            path: lib.path(&layout::content(content)),
+            buf: Vec::new(),
+        })
+    }
+
+    /// `len` bytes at `offset` (a whole piece), whose BLAKE3 is `expected`
+    /// if known.
+    fn read(
+        &mut self,
+        offset: u64,
+        len: u64,
+        expected: Option<ContentHash>,
+    ) -> anyhow::Result<&[u8]> {
+        self.buf.resize(len as usize, 0);
+        if let (Some(src), Some(expected)) = (&self.source, expected)
+            && src.read_exact_at(&mut self.buf, offset).is_ok()
+            && ContentHash::of(&self.buf) == expected
+        {
+            return Ok(&self.buf);
+        }
+        let library = match &mut self.library {
+            Some(l) => l,
+            None => self.library.insert(FileSource::open(&self.path)?),
+        };
+        library
+            .read_exact_at(&mut self.buf, offset)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(&self.buf)
+    }
+}
 
 /// Finds the needs list from `base` to `target` already written, or
 /// compares their signatures and plans the list if it saves enough.
@@ -1281,5 +1347,43 @@ mod tests {
                 assert!(e.contains("changed while it was being published"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn pieces_come_from_the_source_only_where_it_still_hashes_as_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::at(&dir.path().join("lib"), None);
+        let run = needsfile::MAX_RUN as usize;
+        let copied: Vec<u8> = (0..2 * run).map(|i| (i % 253) as u8).collect();
+        let hash = ContentHash::of(&copied);
+        let path = lib.path(&layout::content(&hash));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // The library holds other bytes than the source in the first piece
+        // (only so that the test sees which one was read), and the source
+        // changed in the second.
+        let mut library = copied.clone();
+        library[0] ^= 1;
+        fs::write(&path, &library).unwrap();
+        let mut source = copied.clone();
+        source[run + 5] ^= 1;
+        let src_path = dir.path().join("source");
+        fs::write(&src_path, &source).unwrap();
+        let first = Some(ContentHash::of(&copied[..run]));
+        let second = Some(ContentHash::of(&copied[run..]));
+
+        let mut reader = PieceReader::new(&lib, &hash, Some(&src_path)).unwrap();
+        assert_eq!(reader.read(0, run as u64, first).unwrap(), &source[..run]);
+        assert_eq!(
+            reader.read(run as u64, run as u64, second).unwrap(),
+            &library[run..]
+        );
+        // No hash to check the source against, or no source: the library.
+        assert_eq!(reader.read(0, run as u64, None).unwrap(), &library[..run]);
+        let mut reader = PieceReader::new(&lib, &hash, None).unwrap();
+        assert_eq!(reader.read(0, run as u64, first).unwrap(), &library[..run]);
+        // A source gone since: the library.
+        fs::remove_file(&src_path).unwrap();
+        let mut reader = PieceReader::new(&lib, &hash, Some(&src_path)).unwrap();
+        assert_eq!(reader.read(0, run as u64, first).unwrap(), &library[..run]);
     }
 }
