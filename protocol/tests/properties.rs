@@ -101,6 +101,29 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 
+    /// Parallel signing equals sequential signing on data with long runs of
+    /// one byte value, which pieces inside them skip.
+    #[test]
+    fn parallel_equals_sequential_across_constant_runs(
+        runs in prop::collection::vec(
+            prop_oneof![
+                (any::<u8>(), 1usize..20_000).prop_map(|(b, n)| vec![b; n]),
+                prop::collection::vec(any::<u8>(), 1..1500),
+            ],
+            1..8,
+        ),
+        window in 2u32..=96,
+        horizon in 1u32..=600,
+        piece in 500u64..6000,
+    ) {
+        let data = runs.concat();
+        let params = Params::new_unchecked(window, horizon).unwrap();
+        let want = stream(&data, params, &[data.len().max(1)], false);
+        let mut got = Vec::new();
+        sign_parallel(&data[..], params, ParallelOptions::new(3).with_piece_len(piece), &mut |c| got.push(*c)).unwrap();
+        prop_assert_eq!(got, want);
+    }
+
     /// Decoding arbitrary bytes as a signature file never panics, and a
     /// successful decode round-trips.
     #[test]
@@ -110,6 +133,39 @@ proptest! {
         if let Ok(sigs) = sigfile::decode(&input, 1 << 20) {
             prop_assert_eq!(sigfile::encode(&sigs), input);
         }
+    }
+}
+
+proptest! {
+    // Inputs of about a megabyte: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Passing over long runs of one value gives the chunks that hashing
+    /// every byte gives, however the input is sliced or split into pieces.
+    #[test]
+    fn skipping_runs_changes_no_chunk(
+        runs in prop::collection::vec(
+            prop_oneof![
+                (prop_oneof![Just(0u8), any::<u8>()], 60_000usize..300_000).prop_map(|(b, n)| vec![b; n]),
+                prop::collection::vec(any::<u8>(), 1..3000),
+            ],
+            1..5,
+        ),
+        window in 2u32..=96,
+        horizon in 1u32..=2000,
+        slice in prop_oneof![Just(usize::MAX), 1000usize..200_000],
+        piece in 50_000u64..400_000,
+    ) {
+        let data = runs.concat();
+        let params = Params::new_unchecked(window, horizon).unwrap();
+        let mut want = Vec::new();
+        let mut c = Chunker::hashing_every_byte(params);
+        c.push(&data, &mut |x| want.push(x));
+        c.finish(&mut |x| want.push(x));
+        prop_assert_eq!(&stream(&data, params, &[slice.min(data.len()).max(1)], false), &want);
+        let mut got = Vec::new();
+        sign_parallel(&data[..], params, ParallelOptions::new(2).with_piece_len(piece), &mut |c| got.push(*c)).unwrap();
+        prop_assert_eq!(got, want);
     }
 }
 

@@ -342,7 +342,13 @@ impl<'a> Staging<'a> {
         if files.is_empty() {
             return Ok(());
         }
+        let t = std::time::Instant::now();
         self.lib.sync()?;
+        tracing::debug!(
+            files = files.len(),
+            sync_s = t.elapsed().as_secs_f64(),
+            "staged files durable"
+        );
         for (k, (tmp, rel)) in files.iter().enumerate() {
             let dest = self.lib.path(rel);
             if dest.exists() {

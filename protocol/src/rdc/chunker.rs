@@ -12,7 +12,7 @@ use super::filtermax::{Cut, CutFinder, CutKind};
 use super::h3::H3_TABLE;
 use super::kernel::{GROUP, Lanes};
 use super::md4::{self, Md4};
-use super::params::Params;
+use super::params::{MAX_CHUNK_LEN, Params};
 
 /// Positions hashed per round; bounds the buffered H3 values.
 const BLOCK: usize = 16 * 1024;
@@ -76,6 +76,13 @@ pub struct Chunker {
     /// The AVX-512 H3 kernel when the CPU has it; otherwise the portable lanes
     /// of `kernel.rs`, with MD4 interleaved.
     simd: Option<RollingHash>,
+    /// The input received ends with bytes of one value: `(value, offset of
+    /// the first of them)`.
+    run: (u8, u64),
+    /// MD4 of [`MAX_CHUNK_LEN`] bytes of one value, once computed.
+    run_md4: Option<(u8, [u8; 16])>,
+    /// Pass over long runs of one value ([`Chunker::skip_run`]).
+    skip_runs: bool,
 }
 
 /// The chunk being built. Cuts are found one round after their bytes are
@@ -119,6 +126,15 @@ impl Chunker {
         c
     }
 
+    /// A chunker that hashes long runs of one byte value like any other
+    /// bytes instead of passing over them, to check and measure that both
+    /// give the same chunks.
+    pub fn hashing_every_byte(params: Params) -> Self {
+        let mut c = Self::new(params);
+        c.skip_runs = false;
+        c
+    }
+
     /// A chunker for data starting at `base` inside a larger input, for the
     /// parallel signer: it emits nothing before the first local maximum at or
     /// after `from`, from where its output equals the sequential one. `base`
@@ -149,6 +165,9 @@ impl Chunker {
                 pending: Vec::new(),
             },
             simd: RollingHash::new(&H3_TABLE, window, params.shift()),
+            run: (0, base),
+            run_md4: None,
+            skip_runs: true,
         }
     }
 
@@ -180,9 +199,20 @@ impl Chunker {
 
     pub(crate) fn push_inner(&mut self, mut data: &[u8], sink: &mut impl FnMut(Chunk, ChunkEnd)) {
         while !data.is_empty() {
+            data = self.skip_run(data, sink);
+            if data.is_empty() {
+                break;
+            }
             let waiting = (self.received - self.len) as usize;
             let take = data.len().min(BLOCK - waiting);
-            self.buf.extend_from_slice(&data[..take]);
+            let taken = &data[..take];
+            self.buf.extend_from_slice(taken);
+            let last = taken[take - 1];
+            match taken.iter().rposition(|&b| b != last) {
+                Some(i) => self.run = (last, self.received + i as u64 + 1),
+                None if self.run.0 != last => self.run = (last, self.received),
+                None => {}
+            }
             self.received += take as u64;
             data = &data[take..];
             // Whole groups only, so that every round starts a group.
@@ -211,6 +241,73 @@ impl Chunker {
         if s.open && self.len > s.chunk_start {
             s.close(self.len, ChunkEnd::EndOfData, sink);
         }
+    }
+
+    /// Passes over whole maximum-length chunks of a long run of one byte
+    /// value (the zeros of a disk image) without hashing them; returns the
+    /// input left to hash.
+    ///
+    /// Deep inside such a run every H3 value is the same, so there is no
+    /// local maximum and a cut is forced every [`MAX_CHUNK_LEN`] bytes, each
+    /// chunk with the same MD4. Once everything the chunker holds lies in
+    /// the run (the bytes it keeps, the open chunk, and the H3 values within
+    /// `h` of the first undecided position), taking in `k` more chunk
+    /// lengths of that value only emits `k` such chunks and moves every
+    /// position on: the state is otherwise the same. Skipping them gives the
+    /// chunks hashing them would give.
+    fn skip_run<'a>(&mut self, data: &'a [u8], sink: &mut impl FnMut(Chunk, ChunkEnd)) -> &'a [u8] {
+        const P: u64 = MAX_CHUNK_LEN as u64;
+        let (value, run_start) = self.run;
+        let s = &self.signer;
+        let steady = s.open
+            && s.pending.is_empty()
+            && self.finder.synced()
+            && self.finder.last_cut() == s.chunk_start
+            && s.chunk_start >= run_start
+            // `buf_start` is a position in the virtual stream.
+            && self.buf_start >= run_start + self.window as u64
+            && self.finder.decided() > run_start + self.window as u64 + self.finder.horizon();
+        if !self.skip_runs || !steady || data.len() < P as usize || data[0] != value {
+            return data;
+        }
+        let same = data.iter().position(|&b| b != value).unwrap_or(data.len()) as u64;
+        let k = same / P;
+        if k == 0 {
+            return data;
+        }
+        let md4 = if !self.signer.sign {
+            [0; 16]
+        } else {
+            match self.run_md4 {
+                Some((v, m)) if v == value => m,
+                _ => {
+                    let mut m = Md4::new();
+                    m.update(&vec![value; MAX_CHUNK_LEN as usize]);
+                    let m = m.finalize_reset();
+                    self.run_md4 = Some((value, m));
+                    m
+                }
+            }
+        };
+        let start = self.signer.chunk_start;
+        for j in 0..k {
+            let chunk = Chunk {
+                offset: start + j * P,
+                len: MAX_CHUNK_LEN as u16,
+                md4,
+            };
+            sink(chunk, ChunkEnd::Cut(CutKind::Forced));
+        }
+        let delta = k * P;
+        self.finder.shift(delta);
+        self.buf_start += delta;
+        self.len += delta;
+        self.received += delta;
+        let s = &mut self.signer;
+        s.chunk_start += delta;
+        s.md4_pos += delta;
+        s.md4_target += delta;
+        &data[delta as usize..]
     }
 
     fn round(&mut self, n: usize, sink: &mut impl FnMut(Chunk, ChunkEnd)) {

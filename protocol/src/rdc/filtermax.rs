@@ -129,6 +129,34 @@ impl CutFinder {
         self.next_block
     }
 
+    /// The horizon `h`.
+    pub fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
+    /// Whether a cut has been made (always true for a finder from the start).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Where the last cut was made.
+    pub fn last_cut(&self) -> u64 {
+        self.last_cut
+    }
+
+    /// Moves every position `delta` bytes on, as if `delta` more bytes had
+    /// come in that change nothing but where things are: only right for
+    /// `delta` bytes of one value, with the finder deep inside a run of it
+    /// and `delta` a multiple of the maximum chunk length (see
+    /// `Chunker::skip_run`).
+    pub fn shift(&mut self, delta: u64) {
+        self.first += delta;
+        self.min_cut += delta;
+        self.last_cut += delta;
+        self.next_block += delta;
+        self.hist_base += delta;
+    }
+
     /// Room for the H3 values of the next `n ≤ round` positions and their
     /// group maxima. Drops history no longer needed first. Every call but the
     /// last must be for a multiple of [`GROUP`] positions.

@@ -175,6 +175,36 @@ pub fn sign_parallel<R: ReadAt + ?Sized>(
     })
 }
 
+/// Whether bytes `from..to` of `src` all have one value. Reads a page
+/// first: most data is not constant, and then costs no more than that.
+fn constant<R: ReadAt + ?Sized>(
+    src: &R,
+    from: u64,
+    to: u64,
+    buf: &mut Vec<u8>,
+) -> Result<bool, R::Error> {
+    const PROBE: u64 = 4096;
+    let mut value = None;
+    let mut pos = from;
+    while pos < to {
+        let n = if pos == from { PROBE } else { READ_LEN as u64 }.min(to - pos) as usize;
+        let data = match src.as_slice() {
+            Some(all) => &all[pos as usize..pos as usize + n],
+            None => {
+                buf.resize(n, 0);
+                src.read_exact_at(buf, pos)?;
+                &buf[..]
+            }
+        };
+        let v = *value.get_or_insert(data[0]);
+        if data.iter().any(|&b| b != v) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
 /// Chunks owned by the piece `[start, end)` of an input of `len` bytes, in
 /// order, to `sink`: from the piece's synchronisation point to the first local
 /// maximum at or after `end`.
@@ -187,6 +217,22 @@ fn sign_piece<R: ReadAt + ?Sized>(
     sink: &mut impl FnMut(Chunk),
 ) -> Result<(), R::Error> {
     let margin = u64::from(params.horizon()) + u64::from(params.window()) - 1;
+    let mut buf = Vec::new();
+    // A piece inside a run of one byte value (zeros in a disk image) has no
+    // local maximum: every H3 value its maxima depend on, over
+    // `[start - h, end + h)`, hashes a window of that byte alone. The
+    // previous piece runs through it, so it is not hashed here for nothing.
+    // (`margin` is at least 1: the piece is not the first.)
+    if start >= margin
+        && constant(
+            src,
+            start - margin,
+            len.min(end + u64::from(params.horizon())),
+            &mut buf,
+        )?
+    {
+        return Ok(());
+    }
     let (mut chunker, mut pos) = if start == 0 {
         (Chunker::new(params), 0)
     } else {
@@ -210,12 +256,17 @@ fn sign_piece<R: ReadAt + ?Sized>(
             *done = true;
         }
     };
-    let mut buf = Vec::new();
+    // Past the piece, reads grow from `TAIL_READ_LEN`: a piece that runs
+    // on through a long run of one value (which the chunker passes over in
+    // whole chunks, given enough of it at once) is not read 16 KiB at a time.
+    let mut tail = TAIL_READ_LEN;
     while pos < len && !done {
         let step = if pos < end {
             READ_LEN.min((end - pos) as usize)
         } else {
-            TAIL_READ_LEN
+            let step = tail;
+            tail = (tail * 2).min(READ_LEN);
+            step
         };
         let n = step.min((len - pos) as usize);
         let data = match src.as_slice() {
