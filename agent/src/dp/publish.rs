@@ -28,6 +28,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -676,41 +677,38 @@ fn copy_signing(
     std::thread::scope(|s| {
         let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
         let copied = (|| {
-            let mut hasher = blake3::Hasher::new();
-            let mut run = blake3::Hasher::new();
-            let mut runs = Vec::with_capacity(size.div_ceil(needsfile::MAX_RUN) as usize);
-            let mut buf = vec![0u8; 1 << 20];
+            // The copy loop reads and writes one run at a time; a thread
+            // beside it hashes what was written, whole and per run, and
+            // hands the buffers back.
+            let (to_hash, written) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+            let (give_back, free) = mpsc::channel::<Vec<u8>>();
+            let hasher = s.spawn(move || {
+                let mut whole = blake3::Hasher::new();
+                let mut runs = Vec::with_capacity(size.div_ceil(needsfile::MAX_RUN) as usize);
+                for buf in written {
+                    whole.update(&buf);
+                    runs.push(ContentHash::of(&buf));
+                    let _ = give_back.send(buf);
+                }
+                (ContentHash::from(whole.finalize()), runs)
+            });
             let mut copied = 0u64;
-            loop {
-                let n = input
-                    .read(&mut buf)
+            while copied < size {
+                let mut buf = free.try_recv().unwrap_or_default();
+                let wanted = needsfile::MAX_RUN.min(size - copied) as usize;
+                buf.resize(wanted, 0);
+                let n = read_full(input, &mut buf)
                     .with_context(|| format!("reading {}", src.display()))?;
-                if n == 0 {
-                    break;
-                }
-                if copied + n as u64 > size {
-                    bail!("{} grew while it was being published", src.display());
-                }
-                let data = &buf[..n];
-                hasher.update(data);
-                let mut at = copied;
-                let mut rest = data;
-                while !rest.is_empty() {
-                    let room = needsfile::MAX_RUN - at % needsfile::MAX_RUN;
-                    let (now, later) = rest.split_at(rest.len().min(room as usize));
-                    run.update(now);
-                    at += now.len() as u64;
-                    if at.is_multiple_of(needsfile::MAX_RUN) || at == size {
-                        runs.push(ContentHash::from(run.finalize()));
-                        run.reset();
-                    }
-                    rest = later;
-                }
+                buf.truncate(n);
                 output
-                    .write_all(data)
+                    .write_all(&buf)
                     .with_context(|| format!("writing {}", tmp.display()))?;
                 copied += n as u64;
                 copy.advance(copied);
+                if to_hash.send(buf).is_err() || n < wanted {
+                    // The hasher is gone, or the source is shorter than scanned.
+                    break;
+                }
                 if copied.is_multiple_of(WRITEBACK) {
                     // Start flushing now, while the signer works on what is
                     // written, rather than all at the batch's sync.
@@ -725,7 +723,14 @@ fn copy_signing(
                     }
                 }
             }
-            Ok((copied, ContentHash::from(hasher.finalize()), runs))
+            if copied == size && read_full(input, &mut [0u8; 1])? > 0 {
+                bail!("{} grew while it was being published", src.display());
+            }
+            drop(to_hash);
+            let (digest, runs) = hasher
+                .join()
+                .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?;
+            Ok((copied, digest, runs))
         })();
         if !matches!(copied, Ok((n, ..)) if n == size) {
             copy.fail();
@@ -741,6 +746,23 @@ fn copy_signing(
             files: files?,
         })
     })
+}
+
+/// Runs written by the copy loop and not hashed yet, at most.
+const HASH_QUEUE: usize = 4;
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The signature and pieces references of a content stored by an earlier publish.
