@@ -208,10 +208,10 @@ impl Chunker {
             let taken = &data[..take];
             self.buf.extend_from_slice(taken);
             let last = taken[take - 1];
-            match taken.iter().rposition(|&b| b != last) {
-                Some(i) => self.run = (last, self.received + i as u64 + 1),
-                None if self.run.0 != last => self.run = (last, self.received),
-                None => {}
+            match take - same_suffix(taken, last) {
+                0 if self.run.0 == last => {}
+                0 => self.run = (last, self.received),
+                i => self.run = (last, self.received + i as u64),
             }
             self.received += take as u64;
             data = &data[take..];
@@ -270,7 +270,7 @@ impl Chunker {
         if !self.skip_runs || !steady || data.len() < P as usize || data[0] != value {
             return data;
         }
-        let same = data.iter().position(|&b| b != value).unwrap_or(data.len()) as u64;
+        let same = same_prefix(data, value) as u64;
         let k = same / P;
         if k == 0 {
             return data;
@@ -365,6 +365,34 @@ impl Chunker {
     }
 }
 
+/// Bytes compared at once by [`same_prefix`] and [`same_suffix`]: whole
+/// blocks without an early exit, which the compiler vectorises.
+const SAME_BLOCK: usize = 256;
+
+/// Length of the longest prefix of `data` whose bytes are all `v`.
+pub(crate) fn same_prefix(data: &[u8], v: u8) -> usize {
+    let mut n = 0;
+    for block in data.chunks(SAME_BLOCK) {
+        if block.iter().fold(0, |a, &b| a | (b ^ v)) != 0 {
+            return n + block.iter().take_while(|&&b| b == v).count();
+        }
+        n += block.len();
+    }
+    n
+}
+
+/// Length of the longest suffix of `data` whose bytes are all `v`.
+fn same_suffix(data: &[u8], v: u8) -> usize {
+    let mut n = 0;
+    for block in data.rchunks(SAME_BLOCK) {
+        if block.iter().fold(0, |a, &b| a | (b ^ v)) != 0 {
+            return n + block.iter().rev().take_while(|&&b| b == v).count();
+        }
+        n += block.len();
+    }
+    n
+}
+
 impl Signer {
     /// Feeds the MD4 every decided byte, closing a chunk at each pending cut.
     /// Full MD4 blocks go through `compress`, which may hash H3 alongside.
@@ -441,6 +469,23 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_prefix_and_suffix_count_bytes_of_one_value() {
+        for len in [0, 1, 255, 256, 257, 1000] {
+            for at in [0, 1, 255, 256, 257, 999] {
+                let mut data = vec![7u8; len];
+                if at < len {
+                    data[at] = 8;
+                    assert_eq!(same_prefix(&data, 7), at, "{len} {at}");
+                    assert_eq!(same_suffix(&data, 7), len - at - 1, "{len} {at}");
+                } else {
+                    assert_eq!(same_prefix(&data, 7), len);
+                    assert_eq!(same_suffix(&data, 7), len);
+                }
+            }
+        }
+    }
 
     /// MD4 computed alongside H3 equals the `md4` crate's, with either
     /// kernel, and the two kernels cut alike.

@@ -197,7 +197,7 @@ fn constant<R: ReadAt + ?Sized>(
             }
         };
         let v = *value.get_or_insert(data[0]);
-        if data.iter().any(|&b| b != v) {
+        if super::chunker::same_prefix(data, v) < data.len() {
             return Ok(false);
         }
         pos += n as u64;
