@@ -141,7 +141,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     /// Passing over long runs of one value gives the chunks that hashing
-    /// every byte gives, however the input is sliced or split into pieces.
+    /// every byte gives, however the input is sliced or split into pieces,
+    /// with either kernel, with any edge rules, and finding boundaries only.
     #[test]
     fn skipping_runs_changes_no_chunk(
         runs in prop::collection::vec(
@@ -153,19 +154,36 @@ proptest! {
         ),
         window in 2u32..=96,
         horizon in 1u32..=2000,
+        edges in edges(),
         slice in prop_oneof![Just(usize::MAX), 1000usize..200_000],
         piece in 50_000u64..400_000,
+        portable in any::<bool>(),
     ) {
+        let longest_run = runs.iter().filter(|r| r.len() >= 60_000).map(Vec::len).max().unwrap_or(0);
         let data = runs.concat();
-        let params = Params::new_unchecked(window, horizon).unwrap();
+        let params = Params::new_unchecked(window, horizon).unwrap().with_edges(edges);
         let mut want = Vec::new();
         let mut c = Chunker::hashing_every_byte(params);
         c.push(&data, &mut |x| want.push(x));
+        prop_assert_eq!(c.skipped_bytes(), 0);
         c.finish(&mut |x| want.push(x));
-        prop_assert_eq!(&stream(&data, params, &[slice.min(data.len()).max(1)], false), &want);
-        let mut got = Vec::new();
-        sign_parallel(&data[..], params, ParallelOptions::new(2).with_piece_len(piece), &mut |c| got.push(*c)).unwrap();
-        prop_assert_eq!(got, want);
+        prop_assert_eq!(&stream(&data, params, &[slice.min(data.len()).max(1)], portable), &want);
+        // The skip happens: a run this long holds whole chunks past warming up.
+        let mut c = Chunker::new(params);
+        c.push(&data, &mut |_| {});
+        if longest_run >= 200_000 {
+            prop_assert!(c.skipped_bytes() > 0, "nothing skipped in a run of {longest_run}");
+        }
+        let mut bounds = Vec::new();
+        let mut c = Chunker::boundaries_only(params);
+        c.push(&data, &mut |x| bounds.push((x.offset, x.len)));
+        c.finish(&mut |x| bounds.push((x.offset, x.len)));
+        prop_assert_eq!(bounds, want.iter().map(|x| (x.offset, x.len)).collect::<Vec<_>>());
+        if edges == EdgeRules::default() {
+            let mut got = Vec::new();
+            sign_parallel(&data[..], params, ParallelOptions::new(2).with_piece_len(piece), &mut |c| got.push(*c)).unwrap();
+            prop_assert_eq!(got, want);
+        }
     }
 }
 

@@ -184,7 +184,10 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             progress.add(1, size);
         }
     }
-    let hashes: Vec<ContentHash> = hashes.into_iter().flatten().collect();
+    let hashes: Vec<ContentHash> = hashes
+        .into_iter()
+        .collect::<Option<_>>()
+        .context("a file was not hashed")?;
     drop(progress);
     let hash_seconds = t.elapsed().as_secs_f64();
 
@@ -659,7 +662,8 @@ struct Copied {
 /// Copies `input` (`size` bytes expected) to `tmp` while signing the copy on
 /// `threads` threads: the signer reads what the copy loop has already
 /// written (it is what the library will serve), so copying and signing
-/// overlap. The copy loop hashes what it copies, whole and per run.
+/// overlap. A third thread hashes what the copy loop wrote, whole and per
+/// run.
 fn copy_signing(
     input: &mut File,
     src: &Path,
@@ -676,22 +680,22 @@ fn copy_signing(
     let lag = DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN);
     std::thread::scope(|s| {
         let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
+        // The copy loop reads and writes one run at a time; a thread beside
+        // it hashes what was written, whole and per run, and hands the
+        // buffers back.
+        let (to_hash, written) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (give_back, free) = mpsc::channel::<Vec<u8>>();
+        let hasher = s.spawn(move || {
+            let mut whole = blake3::Hasher::new();
+            let mut runs = Vec::with_capacity(size.div_ceil(needsfile::MAX_RUN) as usize);
+            for buf in written {
+                whole.update(&buf);
+                runs.push(ContentHash::of(&buf));
+                let _ = give_back.send(buf);
+            }
+            (ContentHash::from(whole.finalize()), runs)
+        });
         let copied = (|| {
-            // The copy loop reads and writes one run at a time; a thread
-            // beside it hashes what was written, whole and per run, and
-            // hands the buffers back.
-            let (to_hash, written) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
-            let (give_back, free) = mpsc::channel::<Vec<u8>>();
-            let hasher = s.spawn(move || {
-                let mut whole = blake3::Hasher::new();
-                let mut runs = Vec::with_capacity(size.div_ceil(needsfile::MAX_RUN) as usize);
-                for buf in written {
-                    whole.update(&buf);
-                    runs.push(ContentHash::of(&buf));
-                    let _ = give_back.send(buf);
-                }
-                (ContentHash::from(whole.finalize()), runs)
-            });
             let mut copied = 0u64;
             while copied < size {
                 let mut buf = free.try_recv().unwrap_or_default();
@@ -723,27 +727,38 @@ fn copy_signing(
                     }
                 }
             }
-            if copied == size && read_full(input, &mut [0u8; 1])? > 0 {
+            let more = read_full(input, &mut [0u8; 1])
+                .with_context(|| format!("reading {}", src.display()))?;
+            if copied == size && more > 0 {
                 bail!("{} grew while it was being published", src.display());
             }
-            drop(to_hash);
-            let (digest, runs) = hasher
-                .join()
-                .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?;
-            Ok((copied, digest, runs))
+            Ok(copied)
         })();
-        if !matches!(copied, Ok((n, ..)) if n == size) {
+        // Whatever happened, the hasher ends and is joined, and so is the
+        // signer (told first when the copy will not be complete).
+        drop(to_hash);
+        let hashed = hasher
+            .join()
+            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"));
+        if !matches!(copied, Ok(n) if n == size) {
             copy.fail();
         }
         let files = signer
             .join()
-            .map_err(|_| anyhow::anyhow!("the signing thread panicked"))?;
-        let (len, digest, runs) = copied?;
+            .map_err(|_| anyhow::anyhow!("the signing thread panicked"));
+        let len = copied?;
+        if len != size {
+            bail!(
+                "{} changed while it was being published ({size} bytes, then {len})",
+                src.display()
+            );
+        }
+        let (digest, runs) = hashed?;
         Ok(Copied {
             len,
             digest,
             runs,
-            files: files?,
+            files: files??,
         })
     })
 }
@@ -1090,11 +1105,14 @@ impl PieceReader {
         expected: Option<ContentHash>,
     ) -> anyhow::Result<&[u8]> {
         self.buf.resize(len as usize, 0);
-        if let (Some(src), Some(expected)) = (&self.source, expected)
-            && src.read_exact_at(&mut self.buf, offset).is_ok()
-            && ContentHash::of(&self.buf) == expected
-        {
-            return Ok(&self.buf);
+        if let (Some(src), Some(expected)) = (&self.source, expected) {
+            if src.read_exact_at(&mut self.buf, offset).is_ok()
+                && ContentHash::of(&self.buf) == expected
+            {
+                return Ok(&self.buf);
+            }
+            // Changed since it was copied: not worth trying again.
+            self.source = None;
         }
         let library = match &mut self.library {
             Some(l) => l,
@@ -1368,6 +1386,36 @@ mod tests {
                 let e = hash_file(&path, scanned, threads).unwrap_err().to_string();
                 assert!(e.contains("changed while it was being published"), "{e}");
             }
+        }
+    }
+
+    #[test]
+    fn a_copy_hashes_and_signs_what_it_wrote_or_reports_a_changed_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("source");
+        let data: Vec<u8> = (0..(5u32 << 20) + 7).map(|i| (i / 3 % 241) as u8).collect();
+        fs::write(&src, &data).unwrap();
+        let len = data.len() as u64;
+        let params = LevelParams::default();
+        let tmp = dir.path().join("copy");
+        let copy =
+            copy_signing(&mut File::open(&src).unwrap(), &src, &tmp, len, params, 2).unwrap();
+        assert_eq!((copy.len, copy.digest), (len, ContentHash::of(&data)));
+        let runs: Vec<ContentHash> = data
+            .chunks(needsfile::MAX_RUN as usize)
+            .map(ContentHash::of)
+            .collect();
+        assert_eq!(copy.runs, runs);
+        assert_eq!(fs::read(&tmp).unwrap(), data);
+        let signed = crate::signing::signature_levels(&data[..], params, 1).unwrap();
+        assert_eq!(copy.files.files, signed.files);
+        // Scanned longer (it shrank since) or shorter (it grew).
+        for (size, what) in [(len + 1, "changed while"), (len - 1, "grew while")] {
+            let e = copy_signing(&mut File::open(&src).unwrap(), &src, &tmp, size, params, 2)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{size}: {e}");
         }
     }
 

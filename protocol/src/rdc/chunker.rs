@@ -83,6 +83,8 @@ pub struct Chunker {
     run_md4: Option<(u8, [u8; 16])>,
     /// Pass over long runs of one value ([`Chunker::skip_run`]).
     skip_runs: bool,
+    /// Bytes passed over so.
+    skipped: u64,
 }
 
 /// The chunk being built. Cuts are found one round after their bytes are
@@ -168,6 +170,7 @@ impl Chunker {
             run: (0, base),
             run_md4: None,
             skip_runs: true,
+            skipped: 0,
         }
     }
 
@@ -180,6 +183,12 @@ impl Chunker {
     /// Every cut still to come is at or after this offset.
     pub(crate) fn decided(&self) -> u64 {
         self.finder.decided()
+    }
+
+    /// Bytes passed over without hashing them, inside long runs of one byte
+    /// value (their chunks are known without it).
+    pub fn skipped_bytes(&self) -> u64 {
+        self.skipped
     }
 
     /// Bytes received so far (offset of the next byte).
@@ -299,6 +308,7 @@ impl Chunker {
             sink(chunk, ChunkEnd::Cut(CutKind::Forced));
         }
         let delta = k * P;
+        self.skipped += delta;
         self.finder.shift(delta);
         self.buf_start += delta;
         self.len += delta;
@@ -369,11 +379,16 @@ impl Chunker {
 /// blocks without an early exit, which the compiler vectorises.
 const SAME_BLOCK: usize = 256;
 
+/// Whether every byte of `block` is `v` (no early exit: vectorised).
+fn all_equal(block: &[u8], v: u8) -> bool {
+    block.iter().fold(0, |a, &b| a | (b ^ v)) == 0
+}
+
 /// Length of the longest prefix of `data` whose bytes are all `v`.
 pub(crate) fn same_prefix(data: &[u8], v: u8) -> usize {
     let mut n = 0;
     for block in data.chunks(SAME_BLOCK) {
-        if block.iter().fold(0, |a, &b| a | (b ^ v)) != 0 {
+        if !all_equal(block, v) {
             return n + block.iter().take_while(|&&b| b == v).count();
         }
         n += block.len();
@@ -385,7 +400,7 @@ pub(crate) fn same_prefix(data: &[u8], v: u8) -> usize {
 fn same_suffix(data: &[u8], v: u8) -> usize {
     let mut n = 0;
     for block in data.rchunks(SAME_BLOCK) {
-        if block.iter().fold(0, |a, &b| a | (b ^ v)) != 0 {
+        if !all_equal(block, v) {
             return n + block.iter().rev().take_while(|&&b| b == v).count();
         }
         n += block.len();

@@ -175,6 +175,24 @@ pub fn sign_parallel<R: ReadAt + ?Sized>(
     })
 }
 
+/// `n` bytes of `src` at `pos`: borrowed when the input is in memory, read
+/// into `buf` otherwise.
+fn view<'a, R: ReadAt + ?Sized>(
+    src: &'a R,
+    pos: u64,
+    n: usize,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], R::Error> {
+    match src.as_slice() {
+        Some(all) => Ok(&all[pos as usize..pos as usize + n]),
+        None => {
+            buf.resize(n, 0);
+            src.read_exact_at(buf, pos)?;
+            Ok(&buf[..])
+        }
+    }
+}
+
 /// Whether bytes `from..to` of `src` all have one value. Reads a page
 /// first: most data is not constant, and then costs no more than that.
 fn constant<R: ReadAt + ?Sized>(
@@ -188,14 +206,7 @@ fn constant<R: ReadAt + ?Sized>(
     let mut pos = from;
     while pos < to {
         let n = if pos == from { PROBE } else { READ_LEN as u64 }.min(to - pos) as usize;
-        let data = match src.as_slice() {
-            Some(all) => &all[pos as usize..pos as usize + n],
-            None => {
-                buf.resize(n, 0);
-                src.read_exact_at(buf, pos)?;
-                &buf[..]
-            }
-        };
+        let data = view(src, pos, n, buf)?;
         let v = *value.get_or_insert(data[0]);
         if super::chunker::same_prefix(data, v) < data.len() {
             return Ok(false);
@@ -269,14 +280,7 @@ fn sign_piece<R: ReadAt + ?Sized>(
             step
         };
         let n = step.min((len - pos) as usize);
-        let data = match src.as_slice() {
-            Some(all) => &all[pos as usize..pos as usize + n],
-            None => {
-                buf.resize(n, 0);
-                src.read_exact_at(&mut buf, pos)?;
-                &buf[..]
-            }
-        };
+        let data = view(src, pos, n, &mut buf)?;
         chunker.push_inner(data, &mut |c, how| keep(c, how, &mut done));
         pos += n as u64;
         if start > 0 && !chunker.has_cut() && chunker.decided() >= end {
