@@ -28,7 +28,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -965,8 +965,23 @@ fn needs_lists(
     let lib = staging.library();
     let started = Instant::now();
     let len_of = |t: &ContentHash| sizes.get(t).copied().unwrap_or(0);
+    // A target's level-1 signatures are decoded once for all its bases.
+    let target_sigs: HashMap<ContentHash, OnceLock<Vec<Signature>>> = pairs
+        .iter()
+        .map(|((_, target), _)| (*target, OnceLock::new()))
+        .collect();
     let steps = par_map(pairs, opts.threads, |&((base, target), _)| {
-        needs_step(lib, base, target, len_of(&target), opts.min_saving)
+        let sigs = || -> anyhow::Result<&[Signature]> {
+            let cell = target_sigs
+                .get(&target)
+                .context("a target without a cell")?;
+            if let Some(s) = cell.get() {
+                return Ok(s);
+            }
+            let decoded = level1(lib, &target)?;
+            Ok(cell.get_or_init(|| decoded))
+        };
+        needs_step(lib, base, target, len_of(&target), opts.min_saving, sigs)
     })?;
 
     // The runs to hash, by target and by the piece (aligned MiB) each lies
@@ -1127,12 +1142,13 @@ impl PieceReader {
 
 /// Finds the needs list from `base` to `target` already written, or
 /// compares their signatures and plans the list if it saves enough.
-fn needs_step(
+fn needs_step<'a>(
     lib: &Library,
     base: ContentHash,
     target: ContentHash,
     target_len: u64,
     min_saving: u64,
+    target_sigs: impl FnOnce() -> anyhow::Result<&'a [Signature]>,
 ) -> anyhow::Result<NeedsStep> {
     let rel = layout::needs(&base, &target);
     if lib.has(&rel) {
@@ -1151,7 +1167,7 @@ fn needs_step(
         // The base's signatures were pruned.
         return Ok(NeedsStep::Done(NeedsOutcome::NotWorth));
     }
-    let needs = compare(&level1(lib, &target)?, &level1(lib, &base)?);
+    let needs = compare(target_sigs()?, &level1(lib, &base)?);
     let origin = summarize(&needs).source_bytes;
     let runs = needsfile::plan_runs(&needs);
     // Each run costs about 40 bytes in the file.

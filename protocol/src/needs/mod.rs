@@ -87,6 +87,13 @@ pub fn summarize(needs: &[Need]) -> NeedsSummary {
 pub struct SeedIndex {
     /// Sorted by (signature, offset).
     entries: Vec<(Signature, u64)>,
+    /// Entries are bucketed by the first `bits` bits of their MD4:
+    /// `starts[b]..starts[b + 1]` is bucket `b` (sorted order keeps each
+    /// bucket contiguous). A lookup then searches a bucket of a few entries
+    /// instead of the whole index, and a crafted seed whose MD4s all share a
+    /// prefix still costs a binary search, never a scan.
+    bits: u32,
+    starts: Vec<u32>,
 }
 
 impl SeedIndex {
@@ -102,14 +109,30 @@ impl SeedIndex {
             })
             .collect();
         entries.sort_unstable();
-        SeedIndex { entries }
+        // About one entry per bucket, at most 2^16 buckets.
+        let bits = (usize::BITS - entries.len().leading_zeros()).min(16);
+        let mut starts = vec![0u32; (1usize << bits) + 1];
+        for (s, _) in &entries {
+            starts[bucket(s, bits) + 1] += 1;
+        }
+        for b in 1..starts.len() {
+            starts[b] += starts[b - 1];
+        }
+        SeedIndex {
+            entries,
+            bits,
+            starts,
+        }
     }
 
     /// Offsets of seed chunks equal to `sig` (MD4 and length), ascending.
     fn offsets(&self, sig: &Signature) -> &[(Signature, u64)] {
-        let lo = self.entries.partition_point(|(s, _)| s < sig);
-        let hi = lo + self.entries[lo..].partition_point(|(s, _)| s == sig);
-        &self.entries[lo..hi]
+        let b = bucket(sig, self.bits);
+        let (lo, hi) = (self.starts[b] as usize, self.starts[b + 1] as usize);
+        let bucket = &self.entries[lo..hi];
+        let lo = bucket.partition_point(|(s, _)| s < sig);
+        let hi = lo + bucket[lo..].partition_point(|(s, _)| s == sig);
+        &bucket[lo..hi]
     }
 
     /// Seed offset for `sig`: the one continuing `prefer` if it matches, else
@@ -124,6 +147,12 @@ impl SeedIndex {
         }
         Some(first)
     }
+}
+
+/// The bucket of `sig` among `2^bits`: the first `bits` bits of its MD4.
+fn bucket(sig: &Signature, bits: u32) -> usize {
+    let prefix = u16::from_be_bytes([sig.md4[0], sig.md4[1]]);
+    (u32::from(prefix) >> (16 - bits)) as usize
 }
 
 /// The merged needs list that builds the source from the seed: each source
@@ -259,4 +288,64 @@ pub fn apply_slices(
     let mut out = Vec::with_capacity(summarize(needs).target_bytes.min(bound) as usize);
     apply(needs, seed, source, &mut |b| out.extend_from_slice(b))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lookups agree with a scan of the seed, with duplicate chunks and MD4s
+    /// that share their first bytes (one bucket), for seeds of every size.
+    #[test]
+    fn the_index_finds_what_a_scan_finds() {
+        let sig = |i: u64, k: u8| Signature {
+            md4: [
+                k % 3,
+                (i % 5) as u8,
+                k,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                (i % 7) as u8,
+            ],
+            len: 10 + (i % 2) as u16,
+        };
+        for n in [0u64, 1, 2, 5, 40, 300] {
+            let seed: Vec<Signature> = (0..n).map(|i| sig(i, (i % 11) as u8)).collect();
+            let index = SeedIndex::new(&seed);
+            let offsets: Vec<u64> = seed
+                .iter()
+                .scan(0, |at, s| {
+                    let o = *at;
+                    *at += u64::from(s.len);
+                    Some(o)
+                })
+                .collect();
+            for i in 0..40u64 {
+                let probe = sig(i, (i % 13) as u8);
+                let hits: Vec<u64> = (0..seed.len())
+                    .filter(|&j| seed[j] == probe)
+                    .map(|j| offsets[j])
+                    .collect();
+                assert_eq!(
+                    index.lookup(&probe, None),
+                    hits.first().copied(),
+                    "n {n} probe {i}"
+                );
+                for &p in &hits {
+                    assert_eq!(index.lookup(&probe, Some(p)), Some(p));
+                }
+                assert_eq!(index.lookup(&probe, Some(u64::MAX)), hits.first().copied());
+            }
+        }
+    }
 }
