@@ -60,6 +60,12 @@ const WRITEBACK: u64 = 16 << 20;
 /// ahead of the oldest one).
 const DROP_LAG: u64 = 4 * WRITEBACK;
 
+/// How far behind the copy loop a large copy drops what it wrote from the
+/// page cache, with `threads` signing threads ([`DROP_LAG`]).
+fn drop_lag(threads: usize) -> u64 {
+    DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN)
+}
+
 /// Files at least this large are signed one at a time on all cores; smaller
 /// ones are signed several at once, one core each.
 const BIG_FILE: u64 = 32 << 20;
@@ -280,7 +286,14 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let pairs: Vec<((ContentHash, ContentHash), u64)> = pairs.into_iter().collect();
     let sizes: HashMap<ContentHash, u64> = new_files.iter().map(|f| (f.hash, f.size)).collect();
     let staging = Staging::new(lib);
-    let sources: HashMap<ContentHash, &Path> = missing.iter().map(|m| (m.0, m.1)).collect();
+    // Needs lists read the contents copied just now from the source where
+    // the library copy left the page cache as it was written (smaller
+    // copies are still there, and cost no check).
+    let sources: HashMap<ContentHash, &Path> = missing
+        .iter()
+        .filter(|m| m.2 > drop_lag(opts.threads))
+        .map(|m| (m.0, m.1))
+        .collect();
     let made = needs_lists(&staging, &pairs, &sizes, &sig_refs, &sources, opts)?;
     staging.commit()?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
@@ -677,7 +690,7 @@ fn copy_signing(
         File::open(tmp).with_context(|| format!("opening {}", tmp.display()))?,
         size,
     );
-    let lag = DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN);
+    let lag = drop_lag(threads);
     std::thread::scope(|s| {
         let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
         // The copy loop reads and writes one run at a time; a thread beside
