@@ -1449,6 +1449,36 @@ mod tests {
     }
 
     #[test]
+    fn pieces_hashes_come_only_from_the_pieces_file_the_manifests_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::at(&dir.path().join("lib"), None);
+        fs::create_dir_all(dir.path().join("lib")).unwrap();
+        fs::create_dir_all(lib.tmp_dir()).unwrap();
+        let data: Vec<u8> = (0..(5u32 << 19) + 3).map(|i| (i % 249) as u8).collect();
+        let (hash, size) = (ContentHash::of(&data), data.len() as u64);
+        let staging = Staging::new(&lib);
+        let known = write_pieces(&staging, &hash, size, &data[..], &[], 0, 1)
+            .unwrap()
+            .unwrap();
+        staging.commit().unwrap();
+        let runs: Vec<ContentHash> = data
+            .chunks(needsfile::MAX_RUN as usize)
+            .map(ContentHash::of)
+            .collect();
+        assert_eq!(pieces_hashes(&lib, &hash, size, Some(&known)), runs);
+        // Another file than the manifests name, none named, or none there:
+        // nothing is reused (the needs lists hash their runs).
+        let other = PiecesRef {
+            file_hash: ContentHash::of(b"another pieces file"),
+            ..known
+        };
+        assert!(pieces_hashes(&lib, &hash, size, Some(&other)).is_empty());
+        assert!(pieces_hashes(&lib, &hash, size, None).is_empty());
+        fs::remove_file(lib.path(&layout::needs(&ContentHash::EMPTY, &hash))).unwrap();
+        assert!(pieces_hashes(&lib, &hash, size, Some(&known)).is_empty());
+    }
+
+    #[test]
     fn pieces_come_from_the_source_only_where_it_still_hashes_as_copied() {
         let dir = tempfile::tempdir().unwrap();
         let lib = Library::at(&dir.path().join("lib"), None);
