@@ -1042,12 +1042,10 @@ fn needs_lists(
         for (piece, runs) in wanted {
             let start = piece * needsfile::MAX_RUN;
             let end = len.min(start + needsfile::MAX_RUN);
-            // The piece's hash: the content's own when it is one piece.
-            let expected = if len > needsfile::MAX_RUN {
-                aligned.get(*piece as usize).copied()
-            } else {
-                Some(*target)
-            };
+            // Read from the source only if it can be checked against the
+            // pieces file's hash (contents read from the source are larger
+            // than the drop lag, so they have one).
+            let expected = aligned.get(*piece as usize).copied();
             let bytes = reader.read(start, end - start, expected)?;
             for &(offset, n) in runs {
                 let at = (offset - start) as usize;

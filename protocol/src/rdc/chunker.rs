@@ -380,12 +380,12 @@ impl Chunker {
 const SAME_BLOCK: usize = 256;
 
 /// Whether every byte of `block` is `v` (no early exit: vectorised).
-fn all_equal(block: &[u8], v: u8) -> bool {
+pub(crate) fn all_equal(block: &[u8], v: u8) -> bool {
     block.iter().fold(0, |a, &b| a | (b ^ v)) == 0
 }
 
 /// Length of the longest prefix of `data` whose bytes are all `v`.
-pub(crate) fn same_prefix(data: &[u8], v: u8) -> usize {
+fn same_prefix(data: &[u8], v: u8) -> usize {
     let mut n = 0;
     for block in data.chunks(SAME_BLOCK) {
         if !all_equal(block, v) {

@@ -208,7 +208,7 @@ fn constant<R: ReadAt + ?Sized>(
         let n = if pos == from { PROBE } else { READ_LEN as u64 }.min(to - pos) as usize;
         let data = view(src, pos, n, buf)?;
         let v = *value.get_or_insert(data[0]);
-        if super::chunker::same_prefix(data, v) < data.len() {
+        if !super::chunker::all_equal(data, v) {
             return Ok(false);
         }
         pos += n as u64;
