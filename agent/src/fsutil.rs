@@ -168,6 +168,43 @@ pub fn sync_filesystem(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Blocks of this many bytes that are all zeros are left as holes by
+/// [`write_sparse`] (the page size, which every Linux filesystem's blocks
+/// divide or equal).
+pub const SPARSE_BLOCK: usize = 4096;
+
+/// Appends `buf` at `offset` (the file's end) of a new file, leaving every
+/// aligned [`SPARSE_BLOCK`] of zeros unwritten: a file that is not written
+/// there reads as zeros (a hole), so a disk image's empty space costs no
+/// write and no disk. `offset` must be a multiple of [`SPARSE_BLOCK`]; the
+/// file is `offset + buf.len()` bytes long afterwards, so readers see the
+/// zeros at its end too. Returns whether `buf` was all zeros.
+pub fn write_sparse(file: &File, offset: u64, buf: &[u8]) -> io::Result<bool> {
+    let mut pending: Option<usize> = None;
+    let mut wrote = false;
+    let mut at = 0;
+    for block in buf.chunks(SPARSE_BLOCK) {
+        let zero = peerdelta_protocol::rdc::all_equal(block, 0);
+        match (zero, pending) {
+            (false, None) => pending = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&buf[start..at], offset + start as u64)?;
+                pending = None;
+                wrote = true;
+            }
+            _ => {}
+        }
+        at += block.len();
+    }
+    match pending {
+        Some(start) => file.write_all_at(&buf[start..], offset + start as u64)?,
+        // A hole at the end has no length until the file is given one.
+        None if !buf.is_empty() => file.set_len(offset + buf.len() as u64)?,
+        None => {}
+    }
+    Ok(!wrote && pending.is_none())
+}
+
 /// Starts writing `len` bytes of `file` from `offset` to disk without waiting
 /// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`), so a large copy reaches
 /// the disk while it is still being made rather than all at the final sync.

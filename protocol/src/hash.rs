@@ -199,6 +199,71 @@ pub fn hash_parallel<R: ReadAt + ?Sized>(src: &R, threads: usize) -> Result<Cont
     .into())
 }
 
+/// Which of `candidates` `src` is, where a candidate is the BLAKE3 of every
+/// `run_len` bytes of a content, in order (a pieces file's runs): the index
+/// of the first candidate whose every run hash is the hash of the same run
+/// of `src`, or `None`. Runs are hashed on `threads` threads, in order, and
+/// the work stops once no candidate can match, so a changed file costs
+/// about the runs up to its first change. Equal run hashes mean equal bytes
+/// (the hash is collision resistant), so a match is `src`'s content.
+pub fn find_by_runs<R: ReadAt + ?Sized>(
+    src: &R,
+    run_len: u64,
+    candidates: &[&[ContentHash]],
+    threads: usize,
+) -> Result<Option<usize>, R::Error> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let len = src.len();
+    let run_len = run_len.max(1);
+    let runs = len.div_ceil(run_len);
+    let mut alive: Vec<bool> = candidates.iter().map(|c| c.len() as u64 == runs).collect();
+    if runs == 0 || !alive.contains(&true) {
+        return Ok(alive.iter().position(|&a| a));
+    }
+    let alive_any = AtomicBool::new(true);
+    let alive = Mutex::new(&mut alive);
+    let next = AtomicU64::new(0);
+    let error: Mutex<Option<R::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, runs as usize) {
+            s.spawn(|| {
+                let mut buf = Vec::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= runs || !alive_any.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let offset = k * run_len;
+                    buf.resize(run_len.min(len - offset) as usize, 0);
+                    if let Err(e) = src.read_exact_at(&mut buf, offset) {
+                        alive_any.store(false, Ordering::Relaxed);
+                        error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                    let h = ContentHash::of(&buf);
+                    let mut alive = alive.lock().unwrap_or_else(|e| e.into_inner());
+                    for (a, c) in alive.iter_mut().zip(candidates) {
+                        *a = *a && c.get(k as usize) == Some(&h);
+                    }
+                    if !alive.contains(&true) {
+                        alive_any.store(false, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let alive = alive.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(alive.iter().position(|&a| a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +284,55 @@ mod tests {
         let bin = postcard::to_allocvec(&h).unwrap();
         assert_eq!(bin.len(), 32);
         assert_eq!(postcard::from_bytes::<ContentHash>(&bin).unwrap(), h);
+    }
+
+    #[test]
+    fn a_content_is_found_by_its_runs_and_only_by_them() {
+        let run = 1000usize;
+        let data: Vec<u8> = (0..7 * run + 123).map(|i| (i % 251) as u8).collect();
+        let runs = |d: &[u8]| d.chunks(run).map(ContentHash::of).collect::<Vec<_>>();
+        let same = runs(&data);
+        let mut changed_late = data.clone();
+        changed_late[7 * run + 5] ^= 1;
+        let mut changed_early = data.clone();
+        changed_early[3] ^= 1;
+        let (late, early) = (runs(&changed_late), runs(&changed_early));
+        let shorter = runs(&data[..6 * run]);
+        for threads in [1, 2, 4] {
+            let find = |c: &[&[ContentHash]]| find_by_runs(&data[..], run as u64, c, threads);
+            assert_eq!(find(&[&same]).unwrap(), Some(0));
+            assert_eq!(find(&[&late, &early, &same]).unwrap(), Some(2));
+            assert_eq!(find(&[&late, &early, &shorter]).unwrap(), None);
+            assert_eq!(find(&[]).unwrap(), None);
+            // The runs of another content, read from `data`, are not it.
+            assert_eq!(
+                find_by_runs(&changed_late[..], run as u64, &[&same], threads).unwrap(),
+                None
+            );
+            assert_eq!(
+                find_by_runs(&changed_late[..], run as u64, &[&same, &late], threads).unwrap(),
+                Some(1)
+            );
+        }
+        // A change in the first run ends the work there (on one thread; more
+        // threads may have read a few runs ahead).
+        let counted = Counted(&changed_early, std::sync::atomic::AtomicU64::new(0));
+        assert_eq!(find_by_runs(&counted, run as u64, &[&same], 1), Ok(None));
+        assert_eq!(counted.1.into_inner(), 1);
+    }
+
+    /// An input that counts its reads.
+    struct Counted<'a>(&'a [u8], std::sync::atomic::AtomicU64);
+
+    impl ReadAt for Counted<'_> {
+        type Error = std::convert::Infallible;
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Self::Error> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.read_exact_at(buf, offset)
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use peerdelta_protocol::manifest::{EntryKind, Manifest, open_index, open_manifest};
+use peerdelta_protocol::manifest::{EntryKind, Manifest, RelPath, open_index, open_manifest};
 use peerdelta_protocol::{ContentHash, layout};
 use peerdelta_tests::fixtures::{rebuild_over_http, versions, write_tree};
 use peerdelta_tests::library::{
@@ -163,6 +163,92 @@ fn republishing_identical_content_only_hashes() {
     let other = publish(&lib, "other", &src);
     assert_eq!(other["version"], 1);
     assert_eq!(other["new_contents"], 0);
+}
+
+#[test]
+fn large_files_are_recognised_by_runs_or_copied_once_and_zeros_stay_holes() {
+    // Large files (32 MiB and more) are not hashed before they are stored:
+    // one of a size a recent version holds is compared with those contents
+    // run by run, one of another size is copied and named by the copy.
+    use std::os::unix::fs::MetadataExt;
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let lib = init_library(dir.path());
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // A disk image: data, 31 MiB of zeros, data.
+    let mut image = peerdelta_tests::random_bytes(1, MIB);
+    image.resize(32 * MIB, 0);
+    image.extend(peerdelta_tests::random_bytes(2, MIB));
+    let image_hash = ContentHash::of(&image);
+    fs::write(src.join("disk.img"), &image).unwrap();
+    let first = publish(&lib, "img", &src);
+    assert_eq!(first["new_contents"], 1);
+    assert_eq!(first["copied_bytes"], image.len() as u64);
+    // Its zeros are holes in the library.
+    let stored = fs::metadata(lib.join(layout::content(&image_hash))).unwrap();
+    assert_eq!(stored.len(), image.len() as u64);
+    assert!(
+        stored.blocks() * 512 < 8 * MIB as u64,
+        "{} blocks",
+        stored.blocks()
+    );
+
+    // Unchanged, then renamed: recognised, nothing stored.
+    let again = publish(&lib, "img", &src);
+    assert_eq!(again["copied_bytes"], 0);
+    assert_eq!(
+        (again["version"].as_u64(), again["new_contents"].as_u64()),
+        (Some(2), Some(0))
+    );
+    fs::rename(src.join("disk.img"), src.join("renamed.img")).unwrap();
+    let renamed = publish(&lib, "img", &src);
+    assert_eq!(renamed["new_contents"], 0);
+    assert_eq!(renamed["copied_bytes"], 0);
+    assert_eq!(renamed["needs_lists_written"], 0);
+
+    // One byte changed at the end (the same size): compared, then copied.
+    let mut changed = image.clone();
+    changed[33 * MIB - 10] ^= 0x55;
+    fs::write(src.join("renamed.img"), &changed).unwrap();
+    let s = publish(&lib, "img", &src);
+    assert_eq!(s["new_contents"], 1);
+    assert_eq!(s["copied_bytes"], image.len() as u64);
+    assert!(s["needs_lists_written"].as_u64().unwrap() >= 1, "{s}");
+    let (m, _) = library_manifest(&lib, "img", 4);
+    let f = m.file(&RelPath::new("renamed.img").unwrap()).unwrap();
+    assert_eq!(f.hash, ContentHash::of(&changed));
+
+    // Sizes no recent version holds: copied first. After four of them the
+    // first image is outside the window; published again it is copied,
+    // found in the library and not stored twice.
+    for k in 1..=4 {
+        let mut grown = changed.clone();
+        grown.extend(peerdelta_tests::random_bytes(10 + k, 4096 * k as usize));
+        fs::write(src.join("renamed.img"), &grown).unwrap();
+        let s = publish(&lib, "img", &src);
+        assert_eq!(s["new_contents"], 1, "{s}");
+        let (m, _) = library_manifest(&lib, "img", 4 + k);
+        assert_eq!(
+            m.file(&RelPath::new("renamed.img").unwrap()).unwrap().hash,
+            ContentHash::of(&grown)
+        );
+    }
+    fs::write(src.join("renamed.img"), &image).unwrap();
+    let back = publish(&lib, "img", &src);
+    assert_eq!(
+        (back["version"].as_u64(), back["new_contents"].as_u64()),
+        (Some(9), Some(0))
+    );
+    assert_eq!(back["copied_bytes"], image.len() as u64);
+    let (m, _) = library_manifest(&lib, "img", 9);
+    assert_eq!(
+        m.file(&RelPath::new("renamed.img").unwrap()).unwrap().hash,
+        image_hash
+    );
+    let leftovers = fs::read_dir(dir.path().join("library.private/tmp")).map_or(0, |d| d.count());
+    assert_eq!(leftovers, 0, "temporary files left behind");
+    run_ok(peerdelta(["dp", "verify", "--full", "--library"]).arg(&lib));
 }
 
 #[test]

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{OnceLock, mpsc};
@@ -47,7 +47,9 @@ use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
 use serde::Serialize;
 
 use super::library::{Library, Staging, write_synced};
-use crate::fsutil::{FileSource, GrowingFile, drop_written, start_writeback, sync_dir};
+use crate::fsutil::{
+    FileSource, GrowingFile, drop_written, start_writeback, sync_dir, write_sparse,
+};
 use crate::progress::Progress;
 use crate::util::{now_ms, par_map};
 
@@ -124,6 +126,10 @@ pub struct PublishSummary {
     pub new_contents: u64,
     /// Their bytes.
     pub new_content_bytes: u64,
+    /// Bytes copied into the library: the new contents, and any large file
+    /// of a size no recent version holds that turned out to be in the
+    /// library already (it is copied before its hash is known).
+    pub copied_bytes: u64,
     /// Signature bytes written for them.
     pub signature_bytes: u64,
     /// Needs lists computed and written.
@@ -168,12 +174,33 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let total: u64 = files.iter().filter_map(|f| f.size).sum();
     tracing::info!(package = %opts.package, files = files.len(), bytes = total, "publishing {}", opts.source.display());
 
+    // Previous versions: their signature references can be reused, and a
+    // large file that one of them holds is recognised by its runs.
+    let previous = previous_manifests(lib, &opts.package, index.as_ref(), &public)?;
+    let mut known: HashMap<ContentHash, Stored> = HashMap::new();
+    let mut held_by_size: HashMap<u64, Vec<(ContentHash, Option<PiecesRef>)>> = HashMap::new();
+    for m in &previous {
+        for (_, f) in m.files() {
+            let stored = Stored {
+                sig: f.sig,
+                pieces: f.pieces,
+                zst_len: f.zst_len,
+            };
+            if known.insert(f.hash, stored).is_none() && f.size >= BIG_FILE {
+                held_by_size
+                    .entry(f.size)
+                    .or_default()
+                    .push((f.hash, f.pieces));
+            }
+        }
+    }
+
     // Hash.
     let t = Instant::now();
     let progress = Progress::new("hashing", files.len() as u64, total, opts.progress);
     // Small files wait on opening and reading as much as on hashing.
     let io_threads = (opts.threads * 2).clamp(4, 16);
-    // Small files several at once, large ones one at a time on all cores.
+    // Small files several at once.
     let mut hashes = par_map(&files, io_threads, |f| {
         let size = f.size.unwrap_or(0);
         if size >= BIG_FILE {
@@ -183,41 +210,30 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         progress.add(1, size);
         Ok(Some(h))
     })?;
+    // Large ones one at a time on all cores: one of a size that a recent
+    // version holds is compared with those contents run by run (a changed
+    // one costs the runs up to its first change); one of another size is
+    // new there and is hashed by the copy that stores it (one read, not
+    // two). `None` marks those.
     for (f, h) in files.iter().zip(&mut hashes) {
-        if h.is_none() {
-            let size = f.size.unwrap_or(0);
-            *h = Some(hash_file(&f.abs, size, opts.threads)?);
+        let size = f.size.unwrap_or(0);
+        if h.is_none()
+            && let Some(held) = held_by_size.get(&size)
+        {
+            *h = recognise(lib, &f.abs, size, held, opts.threads)?;
             progress.add(1, size);
         }
     }
-    let hashes: Vec<ContentHash> = hashes
-        .into_iter()
-        .collect::<Option<_>>()
-        .context("a file was not hashed")?;
     drop(progress);
     let hash_seconds = t.elapsed().as_secs_f64();
-
-    // Previous versions: their signature references can be reused.
-    let previous = previous_manifests(lib, &opts.package, index.as_ref(), &public)?;
-    let mut known: HashMap<ContentHash, Stored> = HashMap::new();
-    for m in &previous {
-        for (_, f) in m.files() {
-            known.insert(
-                f.hash,
-                Stored {
-                    sig: f.sig,
-                    pieces: f.pieces,
-                    zst_len: f.zst_len,
-                },
-            );
-        }
-    }
 
     // Store and sign new contents (each content once).
     let t = Instant::now();
     let mut unique: BTreeMap<ContentHash, (&Path, u64)> = BTreeMap::new();
     for (f, h) in files.iter().zip(&hashes) {
-        unique.entry(*h).or_insert((&f.abs, f.size.unwrap_or(0)));
+        if let Some(h) = h {
+            unique.entry(*h).or_insert((&f.abs, f.size.unwrap_or(0)));
+        }
     }
     let mut missing: Vec<(ContentHash, &Path, u64)> = Vec::new();
     let mut sig_refs: HashMap<ContentHash, Stored> = HashMap::new();
@@ -233,35 +249,88 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             missing.push((*h, path, *size));
         }
     }
-    let new_bytes: u64 = missing.iter().map(|m| m.2).sum();
-    let progress = Progress::new("signing", missing.len() as u64, new_bytes, opts.progress);
+    let unhashed: Vec<usize> = (hashes.iter().enumerate())
+        .filter(|(_, h)| h.is_none())
+        .map(|(i, _)| i)
+        .collect();
+    let copy_bytes: u64 = missing.iter().map(|m| m.2).sum::<u64>()
+        + unhashed
+            .iter()
+            .map(|&i| files[i].size.unwrap_or(0))
+            .sum::<u64>();
+    let progress = Progress::new(
+        "signing",
+        (missing.len() + unhashed.len()) as u64,
+        copy_bytes,
+        opts.progress,
+    );
     let (big, small): (Vec<_>, Vec<_>) = missing.iter().partition(|m| m.2 >= BIG_FILE);
     let staging = Staging::new(lib);
-    let mut stored = par_map(&small, io_threads, |(h, path, size)| {
-        let r = store_content(&staging, h, path, *size, params, 1, opts.pack_level)?;
+    let stored = par_map(&small, io_threads, |(h, path, size)| {
+        let r = store_content(
+            &staging,
+            Some(h),
+            path,
+            *size,
+            params,
+            1,
+            opts.pack_level,
+            &|_| false,
+        )?;
         progress.add(1, *size);
-        Ok((*h, r))
+        Ok((*h, r.1.context("a stored content without signatures")?))
     })?;
-    for (h, path, size) in &big {
-        stored.push((
-            *h,
-            store_content(
-                &staging,
-                h,
-                path,
-                *size,
-                params,
-                opts.threads,
-                opts.pack_level,
-            )?,
-        ));
-        progress.add(1, *size);
+    sig_refs.extend(stored.iter().map(|(h, s)| (*h, *s)));
+    let mut added = missing.clone();
+    let mut signature_bytes: u64 = stored.iter().map(|(_, s)| s.sig.len).sum();
+    let more = big
+        .iter()
+        .map(|(h, path, size)| (Some(*h), *path, *size))
+        .chain(unhashed.iter().map(|&i| {
+            let f = files[i];
+            (None, f.abs.as_path(), f.size.unwrap_or(0))
+        }));
+    for (i, (expected, path, size)) in more.enumerate() {
+        let present = |h: &ContentHash| {
+            sig_refs.contains_key(h) || lib.has(&layout::content(h)) && lib.has(&layout::sigs(h))
+        };
+        let (h, s) = match store_content(
+            &staging,
+            expected.as_ref(),
+            path,
+            size,
+            params,
+            opts.threads,
+            opts.pack_level,
+            &present,
+        )? {
+            (h, Some(s)) => {
+                signature_bytes += s.sig.len;
+                if expected.is_none() {
+                    added.push((h, path, size));
+                }
+                (h, s)
+            }
+            // Copied first, and the library had it after all.
+            (h, None) => match sig_refs.get(&h) {
+                Some(s) => (h, *s),
+                None => (h, stored_refs(lib, &h, size)?),
+            },
+        };
+        sig_refs.insert(h, s);
+        if let Some(&k) = i.checked_sub(big.len()).and_then(|j| unhashed.get(j)) {
+            hashes[k] = Some(h);
+        }
+        progress.add(1, size);
     }
     drop(progress);
+    let hashes: Vec<ContentHash> = hashes
+        .into_iter()
+        .collect::<Option<_>>()
+        .context("a file was not hashed")?;
     // Needs lists read the new contents from the library.
     staging.commit()?;
-    let signature_bytes = stored.iter().map(|(_, s)| s.sig.len).sum();
-    sig_refs.extend(stored);
+    let new_bytes: u64 = added.iter().map(|m| m.2).sum();
     let store_seconds = t.elapsed().as_secs_f64();
 
     // Needs lists.
@@ -289,7 +358,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     // Needs lists read the contents copied just now from the source where
     // the library copy left the page cache as it was written (smaller
     // copies are still there, and cost no check).
-    let sources: HashMap<ContentHash, &Path> = missing
+    let sources: HashMap<ContentHash, &Path> = added
         .iter()
         .filter(|m| m.2 > drop_lag(opts.threads))
         .map(|m| (m.0, m.1))
@@ -406,8 +475,9 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         files: files.len() as u64,
         dirs: (tree.len() - files.len()) as u64,
         bytes: total,
-        new_contents: missing.len() as u64,
+        new_contents: added.len() as u64,
         new_content_bytes: new_bytes,
+        copied_bytes: copy_bytes,
         signature_bytes,
         needs_lists_written: written,
         needs_lists_reused: reused,
@@ -544,6 +614,78 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Scanned>> {
     Ok(out)
 }
 
+/// What a file's metadata says about its bytes: a file whose stamp is the
+/// same before and after it was read was not written to (or replaced) in
+/// between, as far as the filesystem's nanosecond times tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// A file scanned at `size` bytes, opened for reading; an error if it has
+/// another size now.
+fn open_scanned(path: &Path, size: u64) -> anyhow::Result<FileSource> {
+    let src = FileSource::open(path)?;
+    still_scanned(&src, path, size)?;
+    Ok(src)
+}
+
+/// An error if `src` no longer has the `size` it was scanned with.
+fn still_scanned(src: &FileSource, path: &Path, size: u64) -> anyhow::Result<()> {
+    let now = src.current_len()?;
+    if now != size {
+        bail!(
+            "{} changed while it was being published ({size} bytes, then {now})",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The content of a large file if it is one of `held` (the contents of its
+/// size that recent versions hold), found by comparing their runs with the
+/// file's; `None` if it is none of them. If the runs of one of them cannot
+/// be read, the file is hashed instead.
+fn recognise(
+    lib: &Library,
+    path: &Path,
+    size: u64,
+    held: &[(ContentHash, Option<PiecesRef>)],
+    threads: usize,
+) -> anyhow::Result<Option<ContentHash>> {
+    let runs: Vec<Vec<ContentHash>> = held
+        .iter()
+        .map(|(h, pieces)| pieces_hashes(lib, h, size, pieces.as_ref()))
+        .collect();
+    if runs.iter().any(Vec::is_empty) {
+        return hash_file(path, size, threads).map(Some);
+    }
+    let src = open_scanned(path, size)?;
+    let candidates: Vec<&[ContentHash]> = runs.iter().map(Vec::as_slice).collect();
+    let found =
+        peerdelta_protocol::hash::find_by_runs(&src, needsfile::MAX_RUN, &candidates, threads)
+            .with_context(|| format!("reading {}", path.display()))?;
+    still_scanned(&src, path, size)?;
+    Ok(found.and_then(|i| held.get(i)).map(|(h, _)| *h))
+}
+
 /// BLAKE3 of a file on `threads` threads, checking it still has the size
 /// it was scanned with.
 fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHash> {
@@ -554,18 +696,11 @@ fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHa
         )
     };
     if threads > 1 {
-        let src = FileSource::open(path)?;
-        if src.len() != size {
-            return Err(changed(src.len()));
-        }
+        let src = open_scanned(path, size)?;
         let h = peerdelta_protocol::hash::hash_parallel(&src, threads)
             .with_context(|| format!("reading {}", path.display()))?;
-        let now = src.current_len()?;
-        return if now == size {
-            Ok(h)
-        } else {
-            Err(changed(now))
-        };
+        still_scanned(&src, path, size)?;
+        return Ok(h);
     }
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = blake3::Hasher::new();
@@ -579,23 +714,34 @@ fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHa
     Ok(h.finalize().into())
 }
 
-/// Copies a content into the library, checking it is the content hashed
-/// earlier, and writes its signature container (all staged in `staging`).
+/// Copies a content into the library and writes its signature container
+/// (all staged in `staging`); the content's hash and what was stored.
+/// With `expected`, the copy must be that content; without, the copy names
+/// it (the source must not change while it is copied), and a content
+/// already `present` is not stored again (`None`).
+#[allow(clippy::too_many_arguments)]
 fn store_content(
     staging: &Staging<'_>,
-    hash: &ContentHash,
+    expected: Option<&ContentHash>,
     src: &Path,
     size: u64,
     params: LevelParams,
     threads: usize,
     pack_level: i32,
-) -> anyhow::Result<Stored> {
+    present: &dyn Fn(&ContentHash) -> bool,
+) -> anyhow::Result<(ContentHash, Option<Stored>)> {
     let lib = staging.library();
     let tmp = lib.tmp_path("content");
     let result = (|| {
         let changed = || anyhow::anyhow!("{} changed while it was being published", src.display());
         let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-        let (files, whole, runs) = if size <= IN_MEMORY {
+        let stamp = |f: &File| {
+            f.metadata()
+                .map(|m| Stamp::of(&m))
+                .with_context(|| format!("reading {}", src.display()))
+        };
+        let before = stamp(&input)?;
+        let (files, whole, runs, digest) = if size <= IN_MEMORY {
             // Read whole (one byte more than the size shows it grew), then
             // write and sign from memory: no thread, one read of the source.
             let mut raw = Vec::with_capacity(size as usize + 1);
@@ -603,18 +749,28 @@ fn store_content(
                 .take(size + 1)
                 .read_to_end(&mut raw)
                 .with_context(|| format!("reading {}", src.display()))?;
-            if raw.len() as u64 != size || ContentHash::of(&raw) != *hash {
+            let digest = ContentHash::of(&raw);
+            if raw.len() as u64 != size {
                 return Err(changed());
             }
             fs::write(&tmp, &raw).with_context(|| format!("writing {}", tmp.display()))?;
             let files = crate::signing::signature_levels(&raw[..], params, 1)?;
-            (files, Some(raw), Vec::new())
+            (files, Some(raw), Vec::new(), digest)
         } else {
             let copy = copy_signing(&mut input, src, &tmp, size, params, threads)?;
-            if copy.digest != *hash || copy.len != size {
+            if copy.len != size {
                 return Err(changed());
             }
-            (copy.files, None, copy.runs)
+            (copy.files, None, copy.runs, copy.digest)
+        };
+        let hash = match expected {
+            Some(h) if *h != digest => return Err(changed()),
+            Some(h) => *h,
+            // Nothing else checks these bytes: the file must not have been
+            // written to while they were read.
+            None if stamp(&input)? != before => return Err(changed()),
+            None if present(&digest) => return Ok((digest, None)),
+            None => digest,
         };
         let container = sigstore::encode(params, size, &files);
         let sig = SigRef {
@@ -624,10 +780,10 @@ fn store_content(
         };
         let pieces_level = pack_level.min(PIECES_LEVEL);
         let pieces = match &whole {
-            Some(raw) => write_pieces(staging, hash, size, &raw[..], &[], pieces_level, threads)?,
+            Some(raw) => write_pieces(staging, &hash, size, &raw[..], &[], pieces_level, threads)?,
             None if size > needsfile::MAX_RUN => write_pieces(
                 staging,
-                hash,
+                &hash,
                 size,
                 &FileSource::open(&tmp)?,
                 &runs,
@@ -637,21 +793,28 @@ fn store_content(
             None => None,
         };
         let zst_len = match &whole {
-            Some(raw) => write_zst(staging, hash, raw, pack_level)?,
+            Some(raw) => write_zst(staging, &hash, raw, pack_level)?,
             None => None,
         };
         // The content last: a content in the library has its signatures.
-        staging.write_new(&layout::sigs(hash), &container)?;
-        Ok(Stored {
-            sig,
-            pieces,
-            zst_len,
-        })
+        staging.write_new(&layout::sigs(&hash), &container)?;
+        Ok((
+            hash,
+            Some(Stored {
+                sig,
+                pieces,
+                zst_len,
+            }),
+        ))
     })();
     match result {
-        Ok(stored) => {
-            staging.add(tmp, layout::content(hash));
-            Ok(stored)
+        Ok((hash, Some(stored))) => {
+            staging.add(tmp, layout::content(&hash));
+            Ok((hash, Some(stored)))
+        }
+        Ok((hash, None)) => {
+            let _ = fs::remove_file(&tmp);
+            Ok((hash, None))
         }
         Err(e) => {
             let _ = fs::remove_file(&tmp);
@@ -685,7 +848,7 @@ fn copy_signing(
     params: LevelParams,
     threads: usize,
 ) -> anyhow::Result<Copied> {
-    let mut output = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let output = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let copy = GrowingFile::new(
         File::open(tmp).with_context(|| format!("opening {}", tmp.display()))?,
         size,
@@ -696,14 +859,24 @@ fn copy_signing(
         // The copy loop reads and writes one run at a time; a thread beside
         // it hashes what was written, whole and per run, and hands the
         // buffers back.
-        let (to_hash, written) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (to_hash, written) = mpsc::sync_channel::<(Vec<u8>, bool)>(HASH_QUEUE);
         let (give_back, free) = mpsc::channel::<Vec<u8>>();
         let hasher = s.spawn(move || {
             let mut whole = blake3::Hasher::new();
             let mut runs = Vec::with_capacity(size.div_ceil(needsfile::MAX_RUN) as usize);
-            for buf in written {
+            // A run of zeros (most of a disk image) always hashes the same.
+            let mut zeros: Option<(usize, ContentHash)> = None;
+            for (buf, zero) in written {
                 whole.update(&buf);
-                runs.push(ContentHash::of(&buf));
+                runs.push(match zeros {
+                    Some((len, h)) if zero && len == buf.len() => h,
+                    _ if zero => {
+                        let h = ContentHash::of(&buf);
+                        zeros = Some((buf.len(), h));
+                        h
+                    }
+                    _ => ContentHash::of(&buf),
+                });
                 let _ = give_back.send(buf);
             }
             (ContentHash::from(whole.finalize()), runs)
@@ -717,12 +890,12 @@ fn copy_signing(
                 let n = read_full(input, &mut buf)
                     .with_context(|| format!("reading {}", src.display()))?;
                 buf.truncate(n);
-                output
-                    .write_all(&buf)
+                // Zeros are left as holes (`copied` is a multiple of a run).
+                let zero = write_sparse(&output, copied, &buf)
                     .with_context(|| format!("writing {}", tmp.display()))?;
                 copied += n as u64;
                 copy.advance(copied);
-                if to_hash.send(buf).is_err() || n < wanted {
+                if to_hash.send((buf, zero)).is_err() || n < wanted {
                     // The hasher is gone, or the source is shorter than scanned.
                     break;
                 }
@@ -1414,6 +1587,25 @@ mod tests {
                 assert!(e.contains("changed while it was being published"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn a_stamp_changes_with_a_write_or_a_replacement_and_not_with_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"some bytes").unwrap();
+        let stamp = || Stamp::of(&fs::metadata(&path).unwrap());
+        let before = stamp();
+        assert_eq!(fs::read(&path).unwrap(), b"some bytes");
+        assert_eq!(stamp(), before);
+        // The same bytes written again, or another file renamed over it.
+        fs::write(&path, b"some bytes").unwrap();
+        let rewritten = stamp();
+        assert_ne!(rewritten, before);
+        let other = dir.path().join("g");
+        fs::write(&other, b"some bytes").unwrap();
+        fs::rename(&other, &path).unwrap();
+        assert_ne!(stamp(), rewritten);
     }
 
     #[test]

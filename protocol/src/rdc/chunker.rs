@@ -379,8 +379,9 @@ impl Chunker {
 /// blocks without an early exit, which the compiler vectorises.
 const SAME_BLOCK: usize = 256;
 
-/// Whether every byte of `block` is `v` (no early exit: vectorised).
-pub(crate) fn all_equal(block: &[u8], v: u8) -> bool {
+/// Whether every byte of `block` is `v` (no early exit: vectorised; call
+/// it on blocks of a few KiB).
+pub fn all_equal(block: &[u8], v: u8) -> bool {
     block.iter().fold(0, |a, &b| a | (b ^ v)) == 0
 }
 

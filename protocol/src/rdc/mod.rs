@@ -22,7 +22,7 @@ pub mod reference;
 pub mod sigfile;
 mod traits;
 
-pub use chunker::{Chunk, Chunker};
+pub use chunker::{Chunk, Chunker, all_equal};
 pub use levels::{
     LevelParams, MAX_LEVELS, SignatureBuilder, SignatureFiles, TOP_LEVEL_MAX, chunks, depth_for,
     signature_files,
