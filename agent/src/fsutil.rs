@@ -34,13 +34,9 @@ impl FileSource {
         })
     }
 
-    /// The file's length now (it may have changed since it was opened).
-    pub fn current_len(&self) -> anyhow::Result<u64> {
-        Ok(self
-            .file
-            .metadata()
-            .with_context(|| format!("reading metadata of {}", self.path.display()))?
-            .len())
+    /// The open file (its metadata now, say).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -180,6 +176,7 @@ pub const SPARSE_BLOCK: usize = 4096;
 /// file is `offset + buf.len()` bytes long afterwards, so readers see the
 /// zeros at its end too. Returns whether `buf` was all zeros.
 pub fn write_sparse(file: &File, offset: u64, buf: &[u8]) -> io::Result<bool> {
+    debug_assert!(offset.is_multiple_of(SPARSE_BLOCK as u64));
     let mut pending: Option<usize> = None;
     let mut wrote = false;
     let mut at = 0;

@@ -199,6 +199,15 @@ pub fn hash_parallel<R: ReadAt + ?Sized>(src: &R, threads: usize) -> Result<Cont
     .into())
 }
 
+/// What [`find_by_runs`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundByRuns {
+    /// The candidate the input is, if any.
+    pub candidate: Option<usize>,
+    /// Bytes of the input read and hashed to find out.
+    pub hashed: u64,
+}
+
 /// Which of `candidates` `src` is, where a candidate is the BLAKE3 of every
 /// `run_len` bytes of a content, in order (a pieces file's runs): the index
 /// of the first candidate whose every run hash is the hash of the same run
@@ -211,7 +220,7 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
     run_len: u64,
     candidates: &[&[ContentHash]],
     threads: usize,
-) -> Result<Option<usize>, R::Error> {
+) -> Result<FoundByRuns, R::Error> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -220,9 +229,13 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
     let runs = len.div_ceil(run_len);
     let mut alive: Vec<bool> = candidates.iter().map(|c| c.len() as u64 == runs).collect();
     if runs == 0 || !alive.contains(&true) {
-        return Ok(alive.iter().position(|&a| a));
+        return Ok(FoundByRuns {
+            candidate: alive.iter().position(|&a| a),
+            hashed: 0,
+        });
     }
     let alive_any = AtomicBool::new(true);
+    let hashed = AtomicU64::new(0);
     let alive = Mutex::new(&mut alive);
     let next = AtomicU64::new(0);
     let error: Mutex<Option<R::Error>> = Mutex::new(None);
@@ -246,6 +259,7 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
                         break;
                     }
                     let h = ContentHash::of(&buf);
+                    hashed.fetch_add(buf.len() as u64, Ordering::Relaxed);
                     let mut alive = alive.lock().unwrap_or_else(|e| e.into_inner());
                     for (a, c) in alive.iter_mut().zip(candidates) {
                         *a = *a && c.get(k as usize) == Some(&h);
@@ -261,7 +275,10 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
         return Err(e);
     }
     let alive = alive.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(alive.iter().position(|&a| a))
+    Ok(FoundByRuns {
+        candidate: alive.iter().position(|&a| a),
+        hashed: hashed.into_inner(),
+    })
 }
 
 #[cfg(test)]
@@ -299,25 +316,28 @@ mod tests {
         let (late, early) = (runs(&changed_late), runs(&changed_early));
         let shorter = runs(&data[..6 * run]);
         for threads in [1, 2, 4] {
-            let find = |c: &[&[ContentHash]]| find_by_runs(&data[..], run as u64, c, threads);
+            let find = |c: &[&[ContentHash]]| {
+                find_by_runs(&data[..], run as u64, c, threads).map(|f| f.candidate)
+            };
             assert_eq!(find(&[&same]).unwrap(), Some(0));
             assert_eq!(find(&[&late, &early, &same]).unwrap(), Some(2));
             assert_eq!(find(&[&late, &early, &shorter]).unwrap(), None);
             assert_eq!(find(&[]).unwrap(), None);
-            // The runs of another content, read from `data`, are not it.
-            assert_eq!(
-                find_by_runs(&changed_late[..], run as u64, &[&same], threads).unwrap(),
-                None
-            );
-            assert_eq!(
-                find_by_runs(&changed_late[..], run as u64, &[&same, &late], threads).unwrap(),
-                Some(1)
-            );
+            // The runs of another content, read from `data`, are not it;
+            // found, every run was hashed.
+            let late_found = |c: &[&[ContentHash]]| {
+                find_by_runs(&changed_late[..], run as u64, c, threads).unwrap()
+            };
+            assert_eq!(late_found(&[&same]).candidate, None);
+            let found = late_found(&[&same, &late]);
+            assert_eq!(found.candidate, Some(1));
+            assert_eq!(found.hashed, data.len() as u64);
         }
         // A change in the first run ends the work there (on one thread; more
         // threads may have read a few runs ahead).
         let counted = Counted(&changed_early, std::sync::atomic::AtomicU64::new(0));
-        assert_eq!(find_by_runs(&counted, run as u64, &[&same], 1), Ok(None));
+        let found = find_by_runs(&counted, run as u64, &[&same], 1).unwrap();
+        assert_eq!((found.candidate, found.hashed), (None, run as u64));
         assert_eq!(counted.1.into_inner(), 1);
     }
 

@@ -176,48 +176,61 @@ fn large_files_are_recognised_by_runs_or_copied_once_and_zeros_stay_holes() {
     let lib = init_library(dir.path());
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
+    let counts = |s: &serde_json::Value| {
+        [
+            "new_contents",
+            "hashed_bytes",
+            "compared_bytes",
+            "copied_bytes",
+        ]
+        .map(|k| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}")) as usize)
+    };
+    let file_hash = |v: u64, name: &str| {
+        let (m, _) = library_manifest(&lib, "img", v);
+        m.file(&RelPath::new(name).unwrap()).unwrap().hash
+    };
     // A disk image: data, 31 MiB of zeros, data.
     let mut image = peerdelta_tests::random_bytes(1, MIB);
     image.resize(32 * MIB, 0);
     image.extend(peerdelta_tests::random_bytes(2, MIB));
+    let size = image.len();
     let image_hash = ContentHash::of(&image);
     fs::write(src.join("disk.img"), &image).unwrap();
-    let first = publish(&lib, "img", &src);
-    assert_eq!(first["new_contents"], 1);
-    assert_eq!(first["copied_bytes"], image.len() as u64);
+    // New: copied, hashed by the copy alone.
+    assert_eq!(counts(&publish(&lib, "img", &src)), [1, 0, 0, size]);
     // Its zeros are holes in the library.
     let stored = fs::metadata(lib.join(layout::content(&image_hash))).unwrap();
-    assert_eq!(stored.len(), image.len() as u64);
+    assert_eq!(stored.len(), size as u64);
     assert!(
         stored.blocks() * 512 < 8 * MIB as u64,
         "{} blocks",
         stored.blocks()
     );
 
-    // Unchanged, then renamed: recognised, nothing stored.
-    let again = publish(&lib, "img", &src);
-    assert_eq!(again["copied_bytes"], 0);
-    assert_eq!(
-        (again["version"].as_u64(), again["new_contents"].as_u64()),
-        (Some(2), Some(0))
-    );
+    // Unchanged, then renamed: every run compared, nothing copied.
+    assert_eq!(counts(&publish(&lib, "img", &src)), [0, 0, size, 0]);
     fs::rename(src.join("disk.img"), src.join("renamed.img")).unwrap();
     let renamed = publish(&lib, "img", &src);
-    assert_eq!(renamed["new_contents"], 0);
-    assert_eq!(renamed["copied_bytes"], 0);
+    assert_eq!(counts(&renamed), [0, 0, size, 0]);
     assert_eq!(renamed["needs_lists_written"], 0);
+    assert_eq!(file_hash(3, "renamed.img"), image_hash);
 
-    // One byte changed at the end (the same size): compared, then copied.
+    // One byte changed in the last MiB (the same size): every run compared,
+    // then copied; changed in the first, the comparison stops there.
     let mut changed = image.clone();
-    changed[33 * MIB - 10] ^= 0x55;
+    changed[size - 10] ^= 0x55;
     fs::write(src.join("renamed.img"), &changed).unwrap();
     let s = publish(&lib, "img", &src);
-    assert_eq!(s["new_contents"], 1);
-    assert_eq!(s["copied_bytes"], image.len() as u64);
+    assert_eq!(counts(&s), [1, 0, size, size]);
     assert!(s["needs_lists_written"].as_u64().unwrap() >= 1, "{s}");
-    let (m, _) = library_manifest(&lib, "img", 4);
-    let f = m.file(&RelPath::new("renamed.img").unwrap()).unwrap();
-    assert_eq!(f.hash, ContentHash::of(&changed));
+    assert_eq!(file_hash(4, "renamed.img"), ContentHash::of(&changed));
+    let mut early = image.clone();
+    early[5] ^= 0x55;
+    fs::write(src.join("renamed.img"), &early).unwrap();
+    let [new, hashed, compared, copied] = counts(&publish(&lib, "img", &src));
+    assert_eq!([new, hashed, copied], [1, 0, size]);
+    assert!(compared < size / 2, "{compared} bytes compared");
+    assert_eq!(file_hash(5, "renamed.img"), ContentHash::of(&early));
 
     // Sizes no recent version holds: copied first. After four of them the
     // first image is outside the window; published again it is copied,
@@ -226,26 +239,34 @@ fn large_files_are_recognised_by_runs_or_copied_once_and_zeros_stay_holes() {
         let mut grown = changed.clone();
         grown.extend(peerdelta_tests::random_bytes(10 + k, 4096 * k as usize));
         fs::write(src.join("renamed.img"), &grown).unwrap();
-        let s = publish(&lib, "img", &src);
-        assert_eq!(s["new_contents"], 1, "{s}");
-        let (m, _) = library_manifest(&lib, "img", 4 + k);
-        assert_eq!(
-            m.file(&RelPath::new("renamed.img").unwrap()).unwrap().hash,
-            ContentHash::of(&grown)
-        );
+        assert_eq!(counts(&publish(&lib, "img", &src)), [1, 0, 0, grown.len()]);
+        assert_eq!(file_hash(5 + k, "renamed.img"), ContentHash::of(&grown));
     }
     fs::write(src.join("renamed.img"), &image).unwrap();
-    let back = publish(&lib, "img", &src);
+    assert_eq!(counts(&publish(&lib, "img", &src)), [0, 0, 0, size]);
+    assert_eq!(file_hash(10, "renamed.img"), image_hash);
+
+    // Two files of one new size are hashed first, so that one copy stores
+    // their content.
+    let mut twin = changed.clone();
+    twin.extend(peerdelta_tests::random_bytes(20, 3 * MIB));
+    fs::write(src.join("a.img"), &twin).unwrap();
+    fs::write(src.join("b.img"), &twin).unwrap();
     assert_eq!(
-        (back["version"].as_u64(), back["new_contents"].as_u64()),
-        (Some(9), Some(0))
+        counts(&publish(&lib, "img", &src)),
+        [1, 2 * twin.len(), size, twin.len()]
     );
-    assert_eq!(back["copied_bytes"], image.len() as u64);
-    let (m, _) = library_manifest(&lib, "img", 9);
-    assert_eq!(
-        m.file(&RelPath::new("renamed.img").unwrap()).unwrap().hash,
-        image_hash
-    );
+    assert_eq!(file_hash(11, "b.img"), ContentHash::of(&twin));
+
+    // Without the runs of a recent content of its size, a file is hashed.
+    let pieces = lib.join(layout::needs(&ContentHash::EMPTY, &image_hash));
+    let aside = dir.path().join("pieces-aside");
+    fs::rename(&pieces, &aside).unwrap();
+    let s = publish(&lib, "img", &src);
+    fs::rename(&aside, &pieces).unwrap();
+    assert_eq!(counts(&s), [0, size, 2 * twin.len(), 0]);
+    assert_eq!(file_hash(12, "renamed.img"), image_hash);
+
     let leftovers = fs::read_dir(dir.path().join("library.private/tmp")).map_or(0, |d| d.count());
     assert_eq!(leftovers, 0, "temporary files left behind");
     run_ok(peerdelta(["dp", "verify", "--full", "--library"]).arg(&lib));

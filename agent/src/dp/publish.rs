@@ -6,15 +6,22 @@
 //!    removed.
 //! 2. Scan the tree, refusing symlinks, special files, names that are not
 //!    UTF-8 and paths that could escape the package root, naming the path.
-//! 3. Hash every file (BLAKE3, several files at once). Contents already in the
-//!    library cost nothing more: identical, renamed or moved files, and a
-//!    re-publish of the same tree, are only hashed.
-//! 4. Copy each new content into the library (checking it did not change since
-//!    it was hashed) and sign it (MS-RDC, all levels its size needs): small
-//!    files on all cores at once, large files one at a time on all cores.
-//!    Nothing is fsynced file by file: the batch is written to temporary
-//!    files, made durable with one filesystem sync, then renamed into place
-//!    (`library::Staging`).
+//! 3. Find each file's content. Small files are hashed (BLAKE3, several at
+//!    once). A large file of a size that a recent version holds is compared
+//!    with those contents run by run (their pieces hashes), so an unchanged,
+//!    renamed or moved one costs one hashing pass and a changed one the runs
+//!    up to its first change. Any other large file is new to the recent
+//!    versions and is hashed by the copy that stores it (step 4). Contents
+//!    already in the library cost nothing more, and a re-publish of the same
+//!    tree only reads it once.
+//! 4. Copy each new content into the library and sign it (MS-RDC, all levels
+//!    its size needs): small files on all cores at once, large files one at
+//!    a time on all cores. A hashed content must copy to the same hash; a
+//!    large file copied first is named by the copy's hash, must not have
+//!    been written to during the copy, and is dropped if the library held
+//!    it after all. Zeros are left as holes. Nothing is fsynced file by
+//!    file: the batch is written to temporary files, made durable with one
+//!    filesystem sync, then renamed into place (`library::Staging`).
 //! 5. Plan needs lists against the previous versions (`protocol::publish`),
 //!    compute the missing ones, and keep those that save at least
 //!    `--min-saving` bytes over sending the whole file (a second batch).
@@ -28,6 +35,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, mpsc};
 use std::time::Instant;
 
@@ -68,8 +76,10 @@ fn drop_lag(threads: usize) -> u64 {
     DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN)
 }
 
-/// Files at least this large are signed one at a time on all cores; smaller
-/// ones are signed several at once, one core each.
+/// Files at least this large are not hashed before they are stored (they
+/// are compared with recent contents run by run, or copied first), and are
+/// signed one at a time on all cores; smaller ones are hashed and signed
+/// several at once, one core each.
 const BIG_FILE: u64 = 32 << 20;
 
 /// Contents up to this size are read whole, then written and signed from
@@ -126,9 +136,16 @@ pub struct PublishSummary {
     pub new_contents: u64,
     /// Their bytes.
     pub new_content_bytes: u64,
+    /// Bytes read and hashed before storing: small files, and large files
+    /// of several at one new size (so that one copy stores them all) or
+    /// whose recent contents' runs could not be read.
+    pub hashed_bytes: u64,
+    /// Bytes of large files hashed run by run to compare them with the
+    /// contents of their size that recent versions hold.
+    pub compared_bytes: u64,
     /// Bytes copied into the library: the new contents, and any large file
-    /// of a size no recent version holds that turned out to be in the
-    /// library already (it is copied before its hash is known).
+    /// copied before its hash was known that the library held after all
+    /// (from an older version, or another package).
     pub copied_bytes: u64,
     /// Signature bytes written for them.
     pub signature_bytes: u64,
@@ -142,9 +159,10 @@ pub struct PublishSummary {
     pub recovered_versions: Vec<u64>,
     /// Wall time in seconds, in total and per phase.
     pub seconds: f64,
-    /// Seconds hashing the tree.
+    /// Seconds hashing the tree (and comparing large files' runs).
     pub hash_seconds: f64,
-    /// Seconds copying and signing new contents.
+    /// Seconds copying and signing new contents (and hashing the large
+    /// files copied first).
     pub store_seconds: f64,
     /// Seconds computing needs lists.
     pub needs_seconds: f64,
@@ -158,6 +176,38 @@ struct Scanned {
     mode: u32,
     /// Size for a file, `None` for a directory.
     size: Option<u64>,
+}
+
+/// How a file's content is found before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Find {
+    /// Hash it.
+    Hash,
+    /// Compare its runs with the contents of its size that recent versions
+    /// hold.
+    Compare,
+    /// Copy it into the library; the copy's hash names it.
+    Copy,
+}
+
+/// The signature and pieces references of a content the library already
+/// holds, if it does.
+fn existing_refs(
+    lib: &Library,
+    known: &HashMap<ContentHash, Stored>,
+    h: &ContentHash,
+    size: u64,
+) -> anyhow::Result<Option<Stored>> {
+    if let Some(s) = known.get(h) {
+        // Named by a recent version: its files are in place (they were
+        // durable before that manifest was written, and `dp prune` keeps
+        // the signatures of the newest versions).
+        return Ok(Some(*s));
+    }
+    if lib.has(&layout::content(h)) && lib.has(&layout::sigs(h)) {
+        return stored_refs(lib, h, size).map(Some);
+    }
+    Ok(None)
 }
 
 /// Publishes `opts.source` as the next version of `opts.package`.
@@ -195,34 +245,68 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         }
     }
 
-    // Hash.
+    // Find each file's content (see the module doc, step 3).
     let t = Instant::now();
-    let progress = Progress::new("hashing", files.len() as u64, total, opts.progress);
+    let mut new_sizes: HashMap<u64, usize> = HashMap::new();
+    for f in &files {
+        let size = f.size.unwrap_or(0);
+        if size >= BIG_FILE && !held_by_size.contains_key(&size) {
+            *new_sizes.entry(size).or_default() += 1;
+        }
+    }
+    let how: Vec<Find> = (files.iter())
+        .map(|f| {
+            let size = f.size.unwrap_or(0);
+            if size < BIG_FILE {
+                Find::Hash
+            } else if held_by_size.contains_key(&size) {
+                Find::Compare
+            } else if new_sizes.get(&size).is_some_and(|&n| n > 1) {
+                // Several at one new size may be one content: hashed first,
+                // it is copied once.
+                Find::Hash
+            } else {
+                Find::Copy
+            }
+        })
+        .collect();
+    let (found, found_bytes) = (files.iter().zip(&how))
+        .filter(|(_, h)| **h != Find::Copy)
+        .fold((0, 0), |(n, b), (f, _)| (n + 1, b + f.size.unwrap_or(0)));
+    let progress = Progress::new("hashing", found, found_bytes, opts.progress);
     // Small files wait on opening and reading as much as on hashing.
     let io_threads = (opts.threads * 2).clamp(4, 16);
-    // Small files several at once.
+    let hashed_bytes = AtomicU64::new(0);
+    // Small files several at once, large ones after them on all cores.
     let mut hashes = par_map(&files, io_threads, |f| {
         let size = f.size.unwrap_or(0);
         if size >= BIG_FILE {
             return Ok(None);
         }
         let h = hash_file(&f.abs, size, 1)?;
+        hashed_bytes.fetch_add(size, Ordering::Relaxed);
         progress.add(1, size);
         Ok(Some(h))
     })?;
-    // Large ones one at a time on all cores: one of a size that a recent
-    // version holds is compared with those contents run by run (a changed
-    // one costs the runs up to its first change); one of another size is
-    // new there and is hashed by the copy that stores it (one read, not
-    // two). `None` marks those.
-    for (f, h) in files.iter().zip(&mut hashes) {
+    let mut hashed_bytes = hashed_bytes.into_inner();
+    let mut compared_bytes = 0;
+    for ((f, h), how) in files.iter().zip(&mut hashes).zip(&how) {
         let size = f.size.unwrap_or(0);
-        if h.is_none()
-            && let Some(held) = held_by_size.get(&size)
-        {
-            *h = recognise(lib, &f.abs, size, held, opts.threads)?;
-            progress.add(1, size);
+        match how {
+            Find::Hash if h.is_none() => {
+                *h = Some(hash_file(&f.abs, size, opts.threads)?);
+                hashed_bytes += size;
+            }
+            Find::Compare => {
+                let held = held_by_size.get(&size).map_or(&[][..], Vec::as_slice);
+                let r = recognise(lib, &f.abs, size, held, opts.threads)?;
+                *h = r.content;
+                hashed_bytes += r.hashed;
+                compared_bytes += r.compared;
+            }
+            _ => continue,
         }
+        progress.add(1, size);
     }
     drop(progress);
     let hash_seconds = t.elapsed().as_secs_f64();
@@ -238,22 +322,18 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let mut missing: Vec<(ContentHash, &Path, u64)> = Vec::new();
     let mut sig_refs: HashMap<ContentHash, Stored> = HashMap::new();
     for (h, (path, size)) in &unique {
-        if let Some(s) = known.get(h) {
-            // Named by a recent version: its files are in place (they were
-            // durable before that manifest was written, and `dp prune`
-            // keeps the signatures of the newest versions).
-            sig_refs.insert(*h, *s);
-        } else if lib.has(&layout::content(h)) && lib.has(&layout::sigs(h)) {
-            sig_refs.insert(*h, stored_refs(lib, h, *size)?);
-        } else {
-            missing.push((*h, path, *size));
+        match existing_refs(lib, &known, h, *size)? {
+            Some(s) => {
+                sig_refs.insert(*h, s);
+            }
+            None => missing.push((*h, path, *size)),
         }
     }
     let unhashed: Vec<usize> = (hashes.iter().enumerate())
         .filter(|(_, h)| h.is_none())
         .map(|(i, _)| i)
         .collect();
-    let copy_bytes: u64 = missing.iter().map(|m| m.2).sum::<u64>()
+    let copied_bytes: u64 = missing.iter().map(|m| m.2).sum::<u64>()
         + unhashed
             .iter()
             .map(|&i| files[i].size.unwrap_or(0))
@@ -261,7 +341,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let progress = Progress::new(
         "signing",
         (missing.len() + unhashed.len()) as u64,
-        copy_bytes,
+        copied_bytes,
         opts.progress,
     );
     let (big, small): (Vec<_>, Vec<_>) = missing.iter().partition(|m| m.2 >= BIG_FILE);
@@ -275,10 +355,10 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             params,
             1,
             opts.pack_level,
-            &|_| false,
+            &|_| Ok(None),
         )?;
         progress.add(1, *size);
-        Ok((*h, r.1.context("a stored content without signatures")?))
+        Ok((*h, r.stored))
     })?;
     sig_refs.extend(stored.iter().map(|(h, s)| (*h, *s)));
     let mut added = missing.clone();
@@ -291,10 +371,11 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             (None, f.abs.as_path(), f.size.unwrap_or(0))
         }));
     for (i, (expected, path, size)) in more.enumerate() {
-        let present = |h: &ContentHash| {
-            sig_refs.contains_key(h) || lib.has(&layout::content(h)) && lib.has(&layout::sigs(h))
+        let present = |h: &ContentHash| match sig_refs.get(h) {
+            Some(s) => Ok(Some(*s)),
+            None => existing_refs(lib, &known, h, size),
         };
-        let (h, s) = match store_content(
+        let r = store_content(
             &staging,
             expected.as_ref(),
             path,
@@ -303,23 +384,16 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             opts.threads,
             opts.pack_level,
             &present,
-        )? {
-            (h, Some(s)) => {
-                signature_bytes += s.sig.len;
-                if expected.is_none() {
-                    added.push((h, path, size));
-                }
-                (h, s)
+        )?;
+        if r.new {
+            signature_bytes += r.stored.sig.len;
+            if expected.is_none() {
+                added.push((r.hash, path, size));
             }
-            // Copied first, and the library had it after all.
-            (h, None) => match sig_refs.get(&h) {
-                Some(s) => (h, *s),
-                None => (h, stored_refs(lib, &h, size)?),
-            },
-        };
-        sig_refs.insert(h, s);
+        }
+        sig_refs.insert(r.hash, r.stored);
         if let Some(&k) = i.checked_sub(big.len()).and_then(|j| unhashed.get(j)) {
-            hashes[k] = Some(h);
+            hashes[k] = Some(r.hash);
         }
         progress.add(1, size);
     }
@@ -477,7 +551,9 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         bytes: total,
         new_contents: added.len() as u64,
         new_content_bytes: new_bytes,
-        copied_bytes: copy_bytes,
+        hashed_bytes,
+        compared_bytes,
+        copied_bytes,
         signature_bytes,
         needs_lists_written: written,
         needs_lists_reused: reused,
@@ -615,12 +691,11 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Scanned>> {
 }
 
 /// What a file's metadata says about its bytes: a file whose stamp is the
-/// same before and after it was read was not written to (or replaced) in
-/// between, as far as the filesystem's nanosecond times tell.
+/// same before and after it was read was not written to in between, as far
+/// as its timestamps tell (nanoseconds, but kernels before 6.13 move them
+/// once per clock tick, a few milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
-    dev: u64,
-    ino: u64,
     len: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
@@ -630,33 +705,55 @@ impl Stamp {
     fn of(m: &fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         }
     }
+
+    /// The stamp of an open file, now.
+    fn now(file: &File, path: &Path) -> anyhow::Result<Self> {
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading metadata of {}", path.display()))?;
+        Ok(Stamp::of(&meta))
+    }
 }
 
-/// A file scanned at `size` bytes, opened for reading; an error if it has
-/// another size now.
-fn open_scanned(path: &Path, size: u64) -> anyhow::Result<FileSource> {
-    let src = FileSource::open(path)?;
-    still_scanned(&src, path, size)?;
-    Ok(src)
-}
-
-/// An error if `src` no longer has the `size` it was scanned with.
-fn still_scanned(src: &FileSource, path: &Path, size: u64) -> anyhow::Result<()> {
-    let now = src.current_len()?;
-    if now != size {
+/// An error unless the open `file` still has the size it was scanned with
+/// and, given a stamp taken earlier, was not written to since.
+fn unchanged(file: &File, path: &Path, size: u64, since: Option<Stamp>) -> anyhow::Result<()> {
+    let now = Stamp::now(file, path)?;
+    if now.len != size {
         bail!(
-            "{} changed while it was being published ({size} bytes, then {now})",
-            path.display()
+            "{} changed while it was being published ({size} bytes, then {})",
+            path.display(),
+            now.len
         );
     }
+    if since.is_some_and(|s| s != now) {
+        bail!("{} changed while it was being published", path.display());
+    }
     Ok(())
+}
+
+/// A file scanned at `size` bytes, opened for reading, and its stamp; an
+/// error if it has another size now.
+fn open_scanned(path: &Path, size: u64) -> anyhow::Result<(FileSource, Stamp)> {
+    let src = FileSource::open(path)?;
+    unchanged(src.file(), path, size, None)?;
+    let stamp = Stamp::now(src.file(), path)?;
+    Ok((src, stamp))
+}
+
+/// What [`recognise`] found.
+struct Recognised {
+    /// The content, if it is one of those compared (or was hashed).
+    content: Option<ContentHash>,
+    /// Bytes hashed whole (when the runs to compare with could not be read).
+    hashed: u64,
+    /// Bytes hashed run by run to compare.
+    compared: u64,
 }
 
 /// The content of a large file if it is one of `held` (the contents of its
@@ -669,21 +766,29 @@ fn recognise(
     size: u64,
     held: &[(ContentHash, Option<PiecesRef>)],
     threads: usize,
-) -> anyhow::Result<Option<ContentHash>> {
+) -> anyhow::Result<Recognised> {
     let runs: Vec<Vec<ContentHash>> = held
         .iter()
         .map(|(h, pieces)| pieces_hashes(lib, h, size, pieces.as_ref()))
         .collect();
     if runs.iter().any(Vec::is_empty) {
-        return hash_file(path, size, threads).map(Some);
+        return Ok(Recognised {
+            content: Some(hash_file(path, size, threads)?),
+            hashed: size,
+            compared: 0,
+        });
     }
-    let src = open_scanned(path, size)?;
+    let (src, stamp) = open_scanned(path, size)?;
     let candidates: Vec<&[ContentHash]> = runs.iter().map(Vec::as_slice).collect();
     let found =
         peerdelta_protocol::hash::find_by_runs(&src, needsfile::MAX_RUN, &candidates, threads)
             .with_context(|| format!("reading {}", path.display()))?;
-    still_scanned(&src, path, size)?;
-    Ok(found.and_then(|i| held.get(i)).map(|(h, _)| *h))
+    unchanged(src.file(), path, size, Some(stamp))?;
+    Ok(Recognised {
+        content: found.candidate.and_then(|i| held.get(i)).map(|(h, _)| *h),
+        hashed: 0,
+        compared: found.hashed,
+    })
 }
 
 /// BLAKE3 of a file on `threads` threads, checking it still has the size
@@ -696,10 +801,10 @@ fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHa
         )
     };
     if threads > 1 {
-        let src = open_scanned(path, size)?;
+        let (src, stamp) = open_scanned(path, size)?;
         let h = peerdelta_protocol::hash::hash_parallel(&src, threads)
             .with_context(|| format!("reading {}", path.display()))?;
-        still_scanned(&src, path, size)?;
+        unchanged(src.file(), path, size, Some(stamp))?;
         return Ok(h);
     }
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -714,11 +819,21 @@ fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHa
     Ok(h.finalize().into())
 }
 
+/// What [`store_content`] did.
+struct StoreOutcome {
+    /// The content.
+    hash: ContentHash,
+    /// Its signature and pieces references.
+    stored: Stored,
+    /// Whether it was stored now (not found present after the copy).
+    new: bool,
+}
+
 /// Copies a content into the library and writes its signature container
-/// (all staged in `staging`); the content's hash and what was stored.
-/// With `expected`, the copy must be that content; without, the copy names
-/// it (the source must not change while it is copied), and a content
-/// already `present` is not stored again (`None`).
+/// (all staged in `staging`). With `expected`, the copy must be that
+/// content. Without, the copy names it (the source must not be written to
+/// while it is copied), and a content already `present` (its references
+/// returned) is not stored again.
 #[allow(clippy::too_many_arguments)]
 fn store_content(
     staging: &Staging<'_>,
@@ -728,19 +843,14 @@ fn store_content(
     params: LevelParams,
     threads: usize,
     pack_level: i32,
-    present: &dyn Fn(&ContentHash) -> bool,
-) -> anyhow::Result<(ContentHash, Option<Stored>)> {
+    present: &dyn Fn(&ContentHash) -> anyhow::Result<Option<Stored>>,
+) -> anyhow::Result<StoreOutcome> {
     let lib = staging.library();
     let tmp = lib.tmp_path("content");
     let result = (|| {
         let changed = || anyhow::anyhow!("{} changed while it was being published", src.display());
         let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-        let stamp = |f: &File| {
-            f.metadata()
-                .map(|m| Stamp::of(&m))
-                .with_context(|| format!("reading {}", src.display()))
-        };
-        let before = stamp(&input)?;
+        let before = Stamp::now(&input, src)?;
         let (files, whole, runs, digest) = if size <= IN_MEMORY {
             // Read whole (one byte more than the size shows it grew), then
             // write and sign from memory: no thread, one read of the source.
@@ -766,11 +876,14 @@ fn store_content(
         let hash = match expected {
             Some(h) if *h != digest => return Err(changed()),
             Some(h) => *h,
-            // Nothing else checks these bytes: the file must not have been
-            // written to while they were read.
-            None if stamp(&input)? != before => return Err(changed()),
-            None if present(&digest) => return Ok((digest, None)),
-            None => digest,
+            None => {
+                // Nothing else checks these bytes.
+                unchanged(&input, src, size, Some(before))?;
+                if let Some(stored) = present(&digest)? {
+                    return Ok((digest, stored, false));
+                }
+                digest
+            }
         };
         let container = sigstore::encode(params, size, &files);
         let sig = SigRef {
@@ -798,23 +911,21 @@ fn store_content(
         };
         // The content last: a content in the library has its signatures.
         staging.write_new(&layout::sigs(&hash), &container)?;
-        Ok((
-            hash,
-            Some(Stored {
-                sig,
-                pieces,
-                zst_len,
-            }),
-        ))
+        let stored = Stored {
+            sig,
+            pieces,
+            zst_len,
+        };
+        Ok((hash, stored, true))
     })();
     match result {
-        Ok((hash, Some(stored))) => {
-            staging.add(tmp, layout::content(&hash));
-            Ok((hash, Some(stored)))
-        }
-        Ok((hash, None)) => {
-            let _ = fs::remove_file(&tmp);
-            Ok((hash, None))
+        Ok((hash, stored, new)) => {
+            if new {
+                staging.add(tmp, layout::content(&hash));
+            } else {
+                let _ = fs::remove_file(&tmp);
+            }
+            Ok(StoreOutcome { hash, stored, new })
         }
         Err(e) => {
             let _ = fs::remove_file(&tmp);
@@ -1416,10 +1527,7 @@ fn pieces_hashes(
     };
     let path = lib.path(&layout::needs(&ContentHash::EMPTY, target));
     let unusable = |why: &dyn std::fmt::Display| {
-        tracing::warn!(
-            "{}: {why}; hashing the needs lists' runs instead",
-            path.display()
-        );
+        tracing::warn!("{}: {why}; hashing instead", path.display());
         Vec::new()
     };
     let nf = match fs::read(&path) {
@@ -1590,22 +1698,34 @@ mod tests {
     }
 
     #[test]
-    fn a_stamp_changes_with_a_write_or_a_replacement_and_not_with_a_read() {
+    fn a_file_written_to_since_its_stamp_is_changed_and_a_read_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, b"some bytes").unwrap();
-        let stamp = || Stamp::of(&fs::metadata(&path).unwrap());
-        let before = stamp();
-        assert_eq!(fs::read(&path).unwrap(), b"some bytes");
-        assert_eq!(stamp(), before);
-        // The same bytes written again, or another file renamed over it.
+        // An old modification time, so that any write moves it whatever
+        // the clock's granularity.
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let mut file = File::open(&path).unwrap();
+        let before = Stamp::now(&file, &path).unwrap();
+        let mut read = Vec::new();
+        file.read_to_end(&mut read).unwrap();
+        unchanged(&file, &path, 10, Some(before)).unwrap();
+        // Another size than scanned.
+        let e = unchanged(&file, &path, 11, None).unwrap_err().to_string();
+        assert!(e.contains("(11 bytes, then 10)"), "{e}");
+        // The same bytes written again.
         fs::write(&path, b"some bytes").unwrap();
-        let rewritten = stamp();
-        assert_ne!(rewritten, before);
-        let other = dir.path().join("g");
-        fs::write(&other, b"some bytes").unwrap();
-        fs::rename(&other, &path).unwrap();
-        assert_ne!(stamp(), rewritten);
+        let e = unchanged(&file, &path, 10, Some(before))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("changed while it was being published"), "{e}");
+        unchanged(&file, &path, 10, None).unwrap();
     }
 
     #[test]
