@@ -314,3 +314,37 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     let st = unsafe { st.assume_init() };
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn sparse_writes_read_back_the_same_and_leave_zeros_unwritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let block = SPARSE_BLOCK;
+        // Data, zeros, a block with one byte set, then zeros to the end (the
+        // last buffer all zeros): the length still counts them.
+        let mut data = vec![7u8; block + 100];
+        data.resize(66 * block, 0);
+        data[65 * block + 9] = 1;
+        data.resize(96 * block, 0);
+        let mut all_zero = Vec::new();
+        for (k, piece) in data.chunks(16 * block).enumerate() {
+            all_zero.push(write_sparse(&file, (k * 16 * block) as u64, piece).unwrap());
+        }
+        assert_eq!(all_zero, [false, true, true, true, false, true]);
+        drop(file);
+        assert_eq!(fs::read(&path).unwrap(), data);
+        let meta = fs::metadata(&path).unwrap();
+        assert!(
+            meta.blocks() * 512 <= 8 * block as u64,
+            "{} blocks",
+            meta.blocks()
+        );
+    }
+}
