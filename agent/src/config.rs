@@ -118,7 +118,7 @@ impl Default for AgentFile {
             reelect_secs: t.reelect_ms / 1000,
             concurrency: 4,
             request_bytes: 4 << 20,
-            upload_slots: 6,
+            upload_slots: peerdelta_protocol::swarm::DEFAULT_UPLOAD_SLOTS,
         }
     }
 }

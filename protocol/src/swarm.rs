@@ -25,6 +25,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Range requests a holder serves at once by default; more get "busy".
+pub const DEFAULT_UPLOAD_SLOTS: u32 = 6;
+
+/// Whether a holder with `slots` upload slots (0: no limit), already
+/// serving `others` range requests, answers a new one "busy": new blocks
+/// then spread from the first peers that got them instead of queueing at
+/// one.
+pub fn busy(others: u32, slots: u32) -> bool {
+    slots > 0 && others >= slots
+}
+
 /// One unit of a content: a target byte range with a hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unit {
@@ -172,6 +183,15 @@ pub fn merge(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_is_busy_once_its_slots_are_taken_and_never_without_a_limit() {
+        assert!(!busy(0, 2));
+        assert!(!busy(1, 2));
+        assert!(busy(2, 2));
+        assert!(busy(3, 2));
+        assert!(!busy(1000, 0));
+    }
 
     fn units() -> Vec<Unit> {
         vec![

@@ -239,7 +239,7 @@ impl Default for TimingSpec {
             poll_ms: 100,
             dp_concurrency: 4,
             lan_concurrency: 8,
-            upload_slots: 6,
+            upload_slots: peerdelta_protocol::swarm::DEFAULT_UPLOAD_SLOTS,
         }
     }
 }

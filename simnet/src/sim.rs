@@ -1024,7 +1024,7 @@ impl<'a> Sim<'a> {
             ag.lan_inflight += 1;
             let epoch = ag.epoch;
             let slots = self.sc.timing.upload_slots;
-            if slots > 0 && self.agents[p as usize].uploads >= slots {
+            if swarm::busy(self.agents[p as usize].uploads, slots) {
                 let latency = self.branches[self.agents[a as usize].branch as usize].lan_latency;
                 let at = self.now + 2 * latency;
                 self.push(

@@ -800,8 +800,13 @@ fn answer(d: &Daemon, peer: PeerId, r: Request) -> Response {
                 }
             }
         }
-        Request::Range { .. } if d.cfg.upload_slots > 0 && d.net.uploads() > d.cfg.upload_slots => {
-            // This request holds a slot too, hence `>`.
+        // This request holds a slot already: the others are one fewer.
+        Request::Range { .. }
+            if peerdelta_protocol::swarm::busy(
+                d.net.uploads().saturating_sub(1),
+                d.cfg.upload_slots,
+            ) =>
+        {
             Response::Busy
         }
         Request::Range {
