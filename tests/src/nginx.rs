@@ -15,13 +15,26 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// A free loopback port.
+/// A free loopback port for a process started later. Not one the kernel
+/// hands out for port 0 (bound and released, it could be given to an
+/// outgoing connection before the process binds it, and the agents of the
+/// subnet tests make many): one from 20000-32767, below Linux's ephemeral
+/// range, each handed out once per test process (tests run in threads) and
+/// spread by process id (test binaries run one after another).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}-{}", FIRST + SPAN - 1);
 }
 
 /// A running nginx.
