@@ -38,6 +38,13 @@ impl FileSource {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// BLAKE3 of the file on `threads` threads
+    /// (`protocol::hash::hash_parallel`).
+    pub fn hash(&self, threads: usize) -> anyhow::Result<peerdelta_protocol::ContentHash> {
+        peerdelta_protocol::hash::hash_parallel(self, threads)
+            .with_context(|| format!("reading {}", self.path.display()))
+    }
 }
 
 impl ReadAt for FileSource {

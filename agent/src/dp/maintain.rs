@@ -197,22 +197,27 @@ pub fn verify(
                             meta.len(),
                             size.unwrap_or(0)
                         )),
-                        Ok(_) if full && hash.is_some() => match hash_file(&path) {
-                            Ok(h) if Some(h) == hash => {
-                                if rel.starts_with("needs/")
-                                    && let Err(err) =
-                                        fs::read(&path).map_err(anyhow::Error::from).and_then(|b| {
-                                            needsfile::decode(&b)
-                                                .map(|_| ())
-                                                .map_err(anyhow::Error::from)
-                                        })
-                                {
-                                    report(format!("{rel}: {err:#}"));
+                        Ok(_) if full && hash.is_some() => {
+                            match crate::fsutil::FileSource::open(&path)
+                                .and_then(|f| f.hash(crate::util::cores()))
+                            {
+                                Ok(h) if Some(h) == hash => {
+                                    if rel.starts_with("needs/")
+                                        && let Err(err) = fs::read(&path)
+                                            .map_err(anyhow::Error::from)
+                                            .and_then(|b| {
+                                                needsfile::decode(&b)
+                                                    .map(|_| ())
+                                                    .map_err(anyhow::Error::from)
+                                            })
+                                    {
+                                        report(format!("{rel}: {err:#}"));
+                                    }
                                 }
+                                Ok(h) => report(format!("{rel} has BLAKE3 {h}")),
+                                Err(err) => report(format!("{rel}: {err:#}")),
                             }
-                            Ok(h) => report(format!("{rel} has BLAKE3 {h}")),
-                            Err(err) => report(format!("{rel}: {err:#}")),
-                        },
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -220,11 +225,4 @@ pub fn verify(
         }
     }
     Ok((versions, problems))
-}
-
-/// BLAKE3 of a file, on all cores.
-fn hash_file(path: &std::path::Path) -> anyhow::Result<ContentHash> {
-    let src = crate::fsutil::FileSource::open(path)?;
-    peerdelta_protocol::hash::hash_parallel(&src, crate::util::cores())
-        .with_context(|| format!("reading {}", path.display()))
 }

@@ -802,8 +802,7 @@ fn hash_file(path: &Path, size: u64, threads: usize) -> anyhow::Result<ContentHa
     };
     if threads > 1 {
         let (src, stamp) = open_scanned(path, size)?;
-        let h = peerdelta_protocol::hash::hash_parallel(&src, threads)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let h = src.hash(threads)?;
         unchanged(src.file(), path, size, Some(stamp))?;
         return Ok(h);
     }
