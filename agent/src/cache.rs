@@ -542,15 +542,8 @@ pub fn read_manifest(
     version: u64,
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let m = manifest::open_manifest(&bytes, key)
+    let m = manifest::open_manifest_of(&bytes, key, package, version)
         .with_context(|| format!("verifying {}", path.display()))?;
-    anyhow::ensure!(
-        m.package == *package && m.version == version,
-        "{} describes {} version {}",
-        path.display(),
-        m.package,
-        m.version
-    );
     Ok((m, bytes))
 }
 

@@ -288,16 +288,16 @@ pub async fn lan_manifest(
         .version
         .context("internal: a subnet transfer needs an explicit version")?;
     if let Some(raw) = cache.manifest_raw(&opts.package, version)
-        && let Ok(m) = manifest::open_manifest(&raw, key)
+        && let Ok(m) = manifest::open_manifest_of(&raw, key, &opts.package, version)
     {
         return Ok((m, raw));
     }
     loop {
         if let Some((peer, b)) = lan.manifest().await {
-            match manifest::open_manifest(&b, key) {
-                Ok(m) if m.package == opts.package && m.version == version => return Ok((m, b)),
-                Ok(_) => {
-                    lan.ban(peer, "sent the manifest of another version");
+            match manifest::open_manifest_of(&b, key, &opts.package, version) {
+                Ok(m) => return Ok((m, b)),
+                Err(e @ manifest::ManifestError::Other { .. }) => {
+                    lan.ban(peer, &format!("sent {e}"));
                 }
                 Err(e) => {
                     lan.ban(peer, &format!("sent a manifest that does not verify: {e}"));
@@ -314,11 +314,11 @@ pub async fn lan_manifest(
                 .collect();
             for v in wanted {
                 if let Some((peer, b)) = lan.manifest_of(v).await {
-                    match manifest::open_manifest(&b, key) {
-                        Ok(m) if m.package == opts.package && m.version == v => {
+                    match manifest::open_manifest_of(&b, key, &opts.package, v) {
+                        Ok(_) => {
                             older.insert(v, b);
                         }
-                        _ => {
+                        Err(_) => {
                             lan.ban(peer, &format!("sent a bad manifest for v{v}"));
                         }
                     }
@@ -411,14 +411,8 @@ pub async fn fetch_manifest(
             b
         }
     };
-    let m = manifest::open_manifest(&bytes, key)
+    let m = manifest::open_manifest_of(&bytes, key, package, entry.version)
         .with_context(|| format!("the manifest of {package} v{}", entry.version))?;
-    anyhow::ensure!(
-        m.package == *package && m.version == entry.version,
-        "the manifest describes {} v{}",
-        m.package,
-        m.version
-    );
     Ok((m, bytes))
 }
 

@@ -444,6 +444,18 @@ pub enum ManifestError {
     /// Decoded but violates an invariant.
     #[error("invalid manifest: {0}")]
     Invalid(String),
+    /// A valid manifest, but of another package or version than asked for.
+    #[error("the manifest of {found} v{found_version}, not of {wanted} v{wanted_version}")]
+    Other {
+        /// The package it describes.
+        found: PackageName,
+        /// The version it describes.
+        found_version: u64,
+        /// The package asked for.
+        wanted: PackageName,
+        /// The version asked for.
+        wanted_version: u64,
+    },
 }
 
 fn kind(magic: &[u8; 8]) -> &'static str {
@@ -508,6 +520,27 @@ pub fn open<T: DeserializeOwned>(
 pub fn open_manifest(bytes: &[u8], key: &VerifyingKey) -> Result<Manifest, ManifestError> {
     let m: Manifest = open(MANIFEST_MAGIC, bytes, key)?;
     m.validate()?;
+    Ok(m)
+}
+
+/// [`open_manifest`], and it must be the manifest of `package` version
+/// `version`: a validly signed manifest of another version must not stand
+/// in for the one asked for.
+pub fn open_manifest_of(
+    bytes: &[u8],
+    key: &VerifyingKey,
+    package: &PackageName,
+    version: u64,
+) -> Result<Manifest, ManifestError> {
+    let m = open_manifest(bytes, key)?;
+    if m.package != *package || m.version != version {
+        return Err(ManifestError::Other {
+            found: m.package,
+            found_version: m.version,
+            wanted: package.clone(),
+            wanted_version: version,
+        });
+    }
     Ok(m)
 }
 
@@ -631,6 +664,18 @@ mod tests {
         assert!(open_manifest(&longer, &k.verifying_key()).is_err());
         // A manifest is not an index.
         assert!(open_index(&sealed, &k.verifying_key()).is_err());
+        // Asked for by package and version: only that one.
+        let vk = k.verifying_key();
+        assert_eq!(
+            open_manifest_of(&sealed, &vk, &m.package, m.version).unwrap(),
+            m
+        );
+        let other = PackageName::new("other").unwrap();
+        for (p, v) in [(&m.package, m.version + 1), (&other, m.version)] {
+            let e = open_manifest_of(&sealed, &vk, p, v).unwrap_err();
+            assert!(matches!(e, ManifestError::Other { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("not of {p} v{v}")), "{e}");
+        }
     }
 
     #[test]

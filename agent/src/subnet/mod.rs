@@ -257,9 +257,10 @@ impl Daemon {
                 total_bytes: 0,
             },
             // A holder knows the manifest from its cache.
-            manifest: signed
-                .as_deref()
-                .and_then(|raw| peerdelta_protocol::manifest::open_manifest(raw, &self.key).ok()),
+            manifest: signed.as_deref().and_then(|raw| {
+                peerdelta_protocol::manifest::open_manifest_of(raw, &self.key, package, version)
+                    .ok()
+            }),
             signed,
             requested,
             banned: Arc::default(),
