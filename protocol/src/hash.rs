@@ -243,9 +243,11 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
         for _ in 0..threads.clamp(1, runs as usize) {
             s.spawn(|| {
                 let mut buf = Vec::new();
-                loop {
+                // Checked before a run is claimed, so that every run claimed
+                // is hashed (a match has hashed them all).
+                while alive_any.load(Ordering::Relaxed) {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= runs || !alive_any.load(Ordering::Relaxed) {
+                    if k >= runs {
                         break;
                     }
                     let offset = k * run_len;

@@ -266,6 +266,17 @@ fn large_files_are_recognised_by_runs_or_copied_once_and_zeros_stay_holes() {
     fs::rename(&aside, &pieces).unwrap();
     assert_eq!(counts(&s), [0, size, 2 * twin.len(), 0]);
     assert_eq!(file_hash(12, "renamed.img"), image_hash);
+    // Both twins changed the same way (a size recent versions hold):
+    // compared, then hashed, and copied once.
+    let last = twin.len() - 1;
+    twin[last] ^= 1;
+    fs::write(src.join("a.img"), &twin).unwrap();
+    fs::write(src.join("b.img"), &twin).unwrap();
+    assert_eq!(
+        counts(&publish(&lib, "img", &src)),
+        [1, 2 * twin.len(), size + 2 * twin.len(), twin.len()]
+    );
+    assert_eq!(file_hash(13, "a.img"), ContentHash::of(&twin));
 
     let leftovers = fs::read_dir(dir.path().join("library.private/tmp")).map_or(0, |d| d.count());
     assert_eq!(leftovers, 0, "temporary files left behind");

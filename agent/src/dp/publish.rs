@@ -11,9 +11,11 @@
 //!    with those contents run by run (their pieces hashes), so an unchanged,
 //!    renamed or moved one costs one hashing pass and a changed one the runs
 //!    up to its first change. Any other large file is new to the recent
-//!    versions and is hashed by the copy that stores it (step 4). Contents
-//!    already in the library cost nothing more, and a re-publish of the same
-//!    tree only reads it once.
+//!    versions and is hashed by the copy that stores it (step 4), unless
+//!    several such files have one size (they are hashed, so that one copy
+//!    stores their content) or the recent contents' runs cannot be read
+//!    (it is hashed). Contents already in the library cost nothing more,
+//!    and a re-publish of the same tree only reads it once.
 //! 4. Copy each new content into the library and sign it (MS-RDC, all levels
 //!    its size needs): small files on all cores at once, large files one at
 //!    a time on all cores. A hashed content must copy to the same hash; a
@@ -76,10 +78,11 @@ fn drop_lag(threads: usize) -> u64 {
     DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN)
 }
 
-/// Files at least this large are not hashed before they are stored (they
-/// are compared with recent contents run by run, or copied first), and are
-/// signed one at a time on all cores; smaller ones are hashed and signed
-/// several at once, one core each.
+/// Files at least this large are mostly not hashed before they are stored
+/// (they are compared with recent contents run by run, or copied first; the
+/// module doc, step 3, has the exceptions), and are signed one at a time on
+/// all cores; smaller ones are hashed and signed several at once, one core
+/// each.
 const BIG_FILE: u64 = 32 << 20;
 
 /// Contents up to this size are read whole, then written and signed from
@@ -247,13 +250,6 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
 
     // Find each file's content (see the module doc, step 3).
     let t = Instant::now();
-    let mut new_sizes: HashMap<u64, usize> = HashMap::new();
-    for f in &files {
-        let size = f.size.unwrap_or(0);
-        if size >= BIG_FILE && !held_by_size.contains_key(&size) {
-            *new_sizes.entry(size).or_default() += 1;
-        }
-    }
     let how: Vec<Find> = (files.iter())
         .map(|f| {
             let size = f.size.unwrap_or(0);
@@ -261,10 +257,6 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
                 Find::Hash
             } else if held_by_size.contains_key(&size) {
                 Find::Compare
-            } else if new_sizes.get(&size).is_some_and(|&n| n > 1) {
-                // Several at one new size may be one content: hashed first,
-                // it is copied once.
-                Find::Hash
             } else {
                 Find::Copy
             }
@@ -293,10 +285,6 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     for ((f, h), how) in files.iter().zip(&mut hashes).zip(&how) {
         let size = f.size.unwrap_or(0);
         match how {
-            Find::Hash if h.is_none() => {
-                *h = Some(hash_file(&f.abs, size, opts.threads)?);
-                hashed_bytes += size;
-            }
             Find::Compare => {
                 let held = held_by_size.get(&size).map_or(&[][..], Vec::as_slice);
                 let r = recognise(lib, &f.abs, size, held, opts.threads)?;
@@ -307,6 +295,21 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
             _ => continue,
         }
         progress.add(1, size);
+    }
+    // Several changed files of one size may be one content: hashed first,
+    // it is copied once.
+    let mut unknown_sizes: HashMap<u64, usize> = HashMap::new();
+    for (f, h) in files.iter().zip(&hashes) {
+        if h.is_none() {
+            *unknown_sizes.entry(f.size.unwrap_or(0)).or_default() += 1;
+        }
+    }
+    for (f, h) in files.iter().zip(&mut hashes) {
+        let size = f.size.unwrap_or(0);
+        if h.is_none() && unknown_sizes.get(&size).is_some_and(|&n| n > 1) {
+            *h = Some(hash_file(&f.abs, size, opts.threads)?);
+            hashed_bytes += size;
+        }
     }
     drop(progress);
     let hash_seconds = t.elapsed().as_secs_f64();

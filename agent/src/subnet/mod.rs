@@ -236,7 +236,12 @@ impl Daemon {
     }
 
     fn new_job(&self, package: &PackageName, version: u64, requested: bool) -> Job {
-        let signed = self.cache.manifest_raw(package, version);
+        // A holder knows the manifest from its cache, if it verifies as this
+        // version's.
+        let (signed, manifest) = match self.verified_manifest(package, version) {
+            Some((raw, m)) => (Some(raw), Some(m)),
+            None => (None, None),
+        };
         let rank = self.rank(package, version, None);
         let (role, _) = watch::channel(false);
         Job {
@@ -256,15 +261,24 @@ impl Daemon {
                 held_bytes: 0,
                 total_bytes: 0,
             },
-            // A holder knows the manifest from its cache.
-            manifest: signed.as_deref().and_then(|raw| {
-                peerdelta_protocol::manifest::open_manifest_of(raw, &self.key, package, version)
-                    .ok()
-            }),
+            manifest,
             signed,
             requested,
             banned: Arc::default(),
         }
+    }
+
+    /// The cached manifest of `package` `version`, raw and opened, if it
+    /// verifies as that version's.
+    fn verified_manifest(
+        &self,
+        package: &PackageName,
+        version: u64,
+    ) -> Option<(Vec<u8>, Manifest)> {
+        let raw = self.cache.manifest_raw(package, version)?;
+        let m = peerdelta_protocol::manifest::open_manifest_of(&raw, &self.key, package, version)
+            .ok()?;
+        Some((raw, m))
     }
 
     /// Our rank for a version: from the cache and, once known, the manifest.
@@ -777,7 +791,8 @@ fn answer(d: &Daemon, peer: PeerId, r: Request) -> Response {
             let working = lock(&d.jobs)
                 .get(&(package.clone(), version))
                 .and_then(|j| j.signed.clone());
-            match working.or_else(|| d.cache.manifest_raw(&package, version)) {
+            let cached = || d.verified_manifest(&package, version).map(|(raw, _)| raw);
+            match working.or_else(cached) {
                 Some(b) => Response::Bytes(b),
                 None => Response::NotFound,
             }
