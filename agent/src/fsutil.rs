@@ -184,17 +184,18 @@ pub const SPARSE_BLOCK: usize = 4096;
 /// zeros at its end too. Returns whether `buf` was all zeros.
 pub fn write_sparse(file: &File, offset: u64, buf: &[u8]) -> io::Result<bool> {
     debug_assert!(offset.is_multiple_of(SPARSE_BLOCK as u64));
+    // The start of the data not yet written, while in data.
     let mut pending: Option<usize> = None;
-    let mut wrote = false;
+    let mut all_zero = true;
     let mut at = 0;
     for block in buf.chunks(SPARSE_BLOCK) {
         let zero = peerdelta_protocol::rdc::all_equal(block, 0);
+        all_zero &= zero;
         match (zero, pending) {
             (false, None) => pending = Some(at),
             (true, Some(start)) => {
                 file.write_all_at(&buf[start..at], offset + start as u64)?;
                 pending = None;
-                wrote = true;
             }
             _ => {}
         }
@@ -206,7 +207,7 @@ pub fn write_sparse(file: &File, offset: u64, buf: &[u8]) -> io::Result<bool> {
         None if !buf.is_empty() => file.set_len(offset + buf.len() as u64)?,
         None => {}
     }
-    Ok(!wrote && pending.is_none())
+    Ok(all_zero)
 }
 
 /// Starts writing `len` bytes of `file` from `offset` to disk without waiting

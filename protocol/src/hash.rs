@@ -99,6 +99,51 @@ pub const PARALLEL_LEAF: u64 = 8 << 20;
 /// Bytes [`hash_parallel`] reads at a time.
 const READ_LEN: u64 = 1 << 20;
 
+/// Runs `work(k, buf)` for `k` in `0..count` on `threads` threads, in
+/// order of `k`, each thread with its own reused buffer. `work` returns
+/// whether to go on; once one says no or fails, no further `k` is started
+/// (every `k` started is finished). The first error is returned.
+fn for_each_index<E: Send>(
+    count: u64,
+    threads: usize,
+    work: impl Fn(u64, &mut Vec<u8>) -> Result<bool, E> + Sync,
+) -> Result<(), E> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let next = AtomicU64::new(0);
+    let go_on = AtomicBool::new(true);
+    let error: Mutex<Option<E>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, count.max(1) as usize) {
+            s.spawn(|| {
+                let mut buf = Vec::new();
+                while go_on.load(Ordering::Relaxed) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= count {
+                        break;
+                    }
+                    match work(k, &mut buf) {
+                        Ok(true) => {}
+                        Ok(false) => go_on.store(false, Ordering::Relaxed),
+                        Err(e) => {
+                            go_on.store(false, Ordering::Relaxed);
+                            error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// The BLAKE3 of `src` computed on `threads` threads: each thread hashes
 /// whole [`PARALLEL_LEAF`] subtrees (their chaining values, at their
 /// offsets), and the tree above them is merged as BLAKE3 builds it (the
@@ -109,7 +154,6 @@ pub fn hash_parallel<R: ReadAt + ?Sized>(src: &R, threads: usize) -> Result<Cont
         ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
     };
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let len = src.len();
     let leaves = len.div_ceil(PARALLEL_LEAF);
@@ -134,42 +178,16 @@ pub fn hash_parallel<R: ReadAt + ?Sized>(src: &R, threads: usize) -> Result<Cont
     if leaves <= 1 || threads <= 1 {
         return sequential();
     }
-    let next = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
     let cvs: Mutex<Vec<Option<ChainingValue>>> = Mutex::new(vec![None; leaves as usize]);
-    let error: Mutex<Option<R::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(leaves as usize) {
-            s.spawn(|| {
-                let mut buf = Vec::new();
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= leaves || failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let offset = k * PARALLEL_LEAF;
-                    let mut h = blake3::Hasher::new();
-                    h.set_input_offset(offset);
-                    match feed(&mut h, offset, PARALLEL_LEAF.min(len - offset), &mut buf) {
-                        Ok(()) => {
-                            let cv = h.finalize_non_root();
-                            cvs.lock().unwrap_or_else(|e| e.into_inner())[k as usize] = Some(cv);
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            error
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
+    for_each_index(leaves, threads, |k, buf| {
+        let offset = k * PARALLEL_LEAF;
+        let mut h = blake3::Hasher::new();
+        h.set_input_offset(offset);
+        feed(&mut h, offset, PARALLEL_LEAF.min(len - offset), buf)?;
+        let cv = h.finalize_non_root();
+        cvs.lock().unwrap_or_else(|e| e.into_inner())[k as usize] = Some(cv);
+        Ok(true)
+    })?;
     // Without an error every leaf was hashed.
     let Some(cvs) = (cvs.into_inner().unwrap_or_else(|e| e.into_inner()))
         .into_iter()
@@ -212,7 +230,8 @@ pub struct FoundByRuns {
 /// `run_len` bytes of a content, in order (a pieces file's runs): the index
 /// of the first candidate whose every run hash is the hash of the same run
 /// of `src`, or `None`. Runs are hashed on `threads` threads, in order, and
-/// the work stops once no candidate can match, so a changed file costs
+/// the work stops once no candidate can match (every run started is
+/// hashed, so a match has hashed them all), so a changed file costs
 /// about the runs up to its first change. Equal run hashes mean equal bytes
 /// (the hash is collision resistant), so a match is `src`'s content.
 pub fn find_by_runs<R: ReadAt + ?Sized>(
@@ -222,7 +241,7 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
     threads: usize,
 ) -> Result<FoundByRuns, R::Error> {
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     let len = src.len();
     let run_len = run_len.max(1);
@@ -234,48 +253,20 @@ pub fn find_by_runs<R: ReadAt + ?Sized>(
             hashed: 0,
         });
     }
-    let alive_any = AtomicBool::new(true);
     let hashed = AtomicU64::new(0);
     let alive = Mutex::new(&mut alive);
-    let next = AtomicU64::new(0);
-    let error: Mutex<Option<R::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, runs as usize) {
-            s.spawn(|| {
-                let mut buf = Vec::new();
-                // Checked before a run is claimed, so that every run claimed
-                // is hashed (a match has hashed them all).
-                while alive_any.load(Ordering::Relaxed) {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= runs {
-                        break;
-                    }
-                    let offset = k * run_len;
-                    buf.resize(run_len.min(len - offset) as usize, 0);
-                    if let Err(e) = src.read_exact_at(&mut buf, offset) {
-                        alive_any.store(false, Ordering::Relaxed);
-                        error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                        break;
-                    }
-                    let h = ContentHash::of(&buf);
-                    hashed.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    let mut alive = alive.lock().unwrap_or_else(|e| e.into_inner());
-                    for (a, c) in alive.iter_mut().zip(candidates) {
-                        *a = *a && c.get(k as usize) == Some(&h);
-                    }
-                    if !alive.contains(&true) {
-                        alive_any.store(false, Ordering::Relaxed);
-                    }
-                }
-            });
+    for_each_index(runs, threads, |k, buf| {
+        let offset = k * run_len;
+        buf.resize(run_len.min(len - offset) as usize, 0);
+        src.read_exact_at(buf, offset)?;
+        let h = ContentHash::of(buf);
+        hashed.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let mut alive = alive.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, c) in alive.iter_mut().zip(candidates) {
+            *a = *a && c.get(k as usize) == Some(&h);
         }
-    });
-    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
+        Ok(alive.contains(&true))
+    })?;
     let alive = alive.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(FoundByRuns {
         candidate: alive.iter().position(|&a| a),

@@ -181,18 +181,6 @@ struct Scanned {
     size: Option<u64>,
 }
 
-/// How a file's content is found before it is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Find {
-    /// Hash it.
-    Hash,
-    /// Compare its runs with the contents of its size that recent versions
-    /// hold.
-    Compare,
-    /// Copy it into the library; the copy's hash names it.
-    Copy,
-}
-
 /// The signature and pieces references of a content the library already
 /// holds, if it does.
 fn existing_refs(
@@ -250,21 +238,12 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
 
     // Find each file's content (see the module doc, step 3).
     let t = Instant::now();
-    let how: Vec<Find> = (files.iter())
-        .map(|f| {
-            let size = f.size.unwrap_or(0);
-            if size < BIG_FILE {
-                Find::Hash
-            } else if held_by_size.contains_key(&size) {
-                Find::Compare
-            } else {
-                Find::Copy
-            }
-        })
-        .collect();
-    let (found, found_bytes) = (files.iter().zip(&how))
-        .filter(|(_, h)| **h != Find::Copy)
-        .fold((0, 0), |(n, b), (f, _)| (n + 1, b + f.size.unwrap_or(0)));
+    // Large files of sizes no recent version holds are copied first.
+    let copied_first = |size: u64| size >= BIG_FILE && !held_by_size.contains_key(&size);
+    let (found, found_bytes) = (files.iter())
+        .map(|f| f.size.unwrap_or(0))
+        .filter(|&size| !copied_first(size))
+        .fold((0, 0), |(n, b), size| (n + 1, b + size));
     let progress = Progress::new("hashing", found, found_bytes, opts.progress);
     // Small files wait on opening and reading as much as on hashing.
     let io_threads = (opts.threads * 2).clamp(4, 16);
@@ -282,19 +261,17 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     })?;
     let mut hashed_bytes = hashed_bytes.into_inner();
     let mut compared_bytes = 0;
-    for ((f, h), how) in files.iter().zip(&mut hashes).zip(&how) {
+    for (f, h) in files.iter().zip(&mut hashes) {
         let size = f.size.unwrap_or(0);
-        match how {
-            Find::Compare => {
-                let held = held_by_size.get(&size).map_or(&[][..], Vec::as_slice);
-                let r = recognise(lib, &f.abs, size, held, opts.threads)?;
-                *h = r.content;
-                hashed_bytes += r.hashed;
-                compared_bytes += r.compared;
-            }
-            _ => continue,
+        if size >= BIG_FILE
+            && let Some(held) = held_by_size.get(&size)
+        {
+            let r = recognise(lib, &f.abs, size, held, opts.threads)?;
+            *h = r.content;
+            hashed_bytes += r.hashed;
+            compared_bytes += r.compared;
+            progress.add(1, size);
         }
-        progress.add(1, size);
     }
     // Several changed files of one size may be one content: hashed first,
     // it is copied once.
@@ -723,9 +700,10 @@ impl Stamp {
     }
 }
 
-/// An error unless the open `file` still has the size it was scanned with
-/// and, given a stamp taken earlier, was not written to since.
-fn unchanged(file: &File, path: &Path, size: u64, since: Option<Stamp>) -> anyhow::Result<()> {
+/// The stamp of the open `file` now; an error unless it still has the size
+/// it was scanned with and, given a stamp taken earlier, was not written to
+/// since.
+fn unchanged(file: &File, path: &Path, size: u64, since: Option<Stamp>) -> anyhow::Result<Stamp> {
     let now = Stamp::now(file, path)?;
     if now.len != size {
         bail!(
@@ -737,15 +715,14 @@ fn unchanged(file: &File, path: &Path, size: u64, since: Option<Stamp>) -> anyho
     if since.is_some_and(|s| s != now) {
         bail!("{} changed while it was being published", path.display());
     }
-    Ok(())
+    Ok(now)
 }
 
 /// A file scanned at `size` bytes, opened for reading, and its stamp; an
 /// error if it has another size now.
 fn open_scanned(path: &Path, size: u64) -> anyhow::Result<(FileSource, Stamp)> {
     let src = FileSource::open(path)?;
-    unchanged(src.file(), path, size, None)?;
-    let stamp = Stamp::now(src.file(), path)?;
+    let stamp = unchanged(src.file(), path, size, None)?;
     Ok((src, stamp))
 }
 

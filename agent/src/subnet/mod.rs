@@ -238,10 +238,7 @@ impl Daemon {
     fn new_job(&self, package: &PackageName, version: u64, requested: bool) -> Job {
         // A holder knows the manifest from its cache, if it verifies as this
         // version's.
-        let (signed, manifest) = match self.verified_manifest(package, version) {
-            Some((raw, m)) => (Some(raw), Some(m)),
-            None => (None, None),
-        };
+        let (signed, manifest) = self.verified_manifest(package, version).unzip();
         let rank = self.rank(package, version, None);
         let (role, _) = watch::channel(false);
         Job {
