@@ -253,6 +253,7 @@ async fn step(
         version: Some(version),
         out: None,
         link: false,
+        force: false,
         concurrency: 4,
         limits: RequestLimits::default(),
         progress: false,
@@ -330,7 +331,9 @@ async fn main() -> anyhow::Result<()> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let serve_lib = Library::at(&lib.root, None);
         tokio::spawn(async move {
-            if let Err(e) = peerdelta_agent::dp::serve::serve(serve_lib, port).await {
+            if let Err(e) =
+                peerdelta_agent::dp::serve::serve(serve_lib, port, Default::default()).await
+            {
                 eprintln!("dp serve: {e:#}");
             }
         });

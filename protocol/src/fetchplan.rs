@@ -3,6 +3,11 @@
 //! long-RTT link is kept busy by a few large multi-range requests in flight,
 //! and an interrupted request loses at most its own bytes.
 
+/// Ranges an agent puts in one request at most (the DP refuses far more:
+/// `dp::serve::ranges::MAX_RANGES`; nginx must allow at least this many,
+/// `max_ranges`).
+pub const MAX_RANGES_PER_REQUEST: usize = 64;
+
 /// Limits of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -15,7 +20,7 @@ pub struct RequestLimits {
 impl Default for RequestLimits {
     fn default() -> Self {
         RequestLimits {
-            max_ranges: 64,
+            max_ranges: MAX_RANGES_PER_REQUEST,
             max_bytes: 4 << 20,
         }
     }

@@ -83,6 +83,11 @@ impl StatusReport {
                 if detail.chars().count() > 1024 {
                     return Err(InvalidReport("detail longer than 1024 characters".into()));
                 }
+                if detail.chars().any(char::is_control) {
+                    return Err(InvalidReport(
+                        "detail must not contain control characters".into(),
+                    ));
+                }
             }
             StatusEvent::Held { versions } if versions.len() > 1024 => {
                 return Err(InvalidReport("more than 1024 versions".into()));
@@ -127,6 +132,8 @@ mod tests {
             br#"{"agent":"a","package":"app","version":0,"time_ms":1,"event":{"type":"held","versions":[]}}"#,
             br#"{"agent":"a","package":"app","version":1,"time_ms":1,"event":{"type":"nope"}}"#,
             br#"{"agent":"a","package":"app","version":1,"time_ms":1,"event":{"type":"held","versions":[]},"x":1}"#,
+            br#"{"agent":"a\u001b[2J","package":"app","version":1,"time_ms":1,"event":{"type":"held","versions":[]}}"#,
+            br#"{"agent":"a","package":"app","version":1,"time_ms":1,"event":{"type":"hash_failure","content":"6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85","source":"dp","detail":"x\ny"}}"#,
             b"not json",
         ] {
             assert!(from_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));

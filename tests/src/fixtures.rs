@@ -164,12 +164,14 @@ pub fn rebuild_over_http(
             &[("Range", &range)],
         );
         assert_eq!(r.status, 206, "{:?}", r.headers);
-        if origin.len() == 1 {
-            fetched.insert(origin[0].target_offset, r.body);
-        } else {
-            for (a, _, data) in r.byteranges() {
-                fetched.insert(a, data);
-            }
+        // The server may merge ranges (RFC 9110 §14.2): find each run in
+        // whatever parts came back.
+        for p in &origin {
+            let (o, end) = (p.target_offset, p.target_range().end);
+            let data = r
+                .range_bytes(o, end - 1)
+                .unwrap_or_else(|| panic!("no part holds bytes {o}..{end}"));
+            fetched.insert(o, data);
         }
     }
     let mut out = Vec::with_capacity(nf.target_len as usize);

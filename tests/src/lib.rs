@@ -151,8 +151,16 @@ pub struct DpServer {
 impl DpServer {
     /// Serves the library at `lib` on a free loopback port.
     pub fn start(lib: &Path) -> DpServer {
+        Self::start_with(lib, &[])
+    }
+
+    /// Serves the library at `lib` on a free loopback port, with more
+    /// `dp serve` arguments.
+    pub fn start_with(lib: &Path, args: &[&str]) -> DpServer {
         let (process, url) = start_until(
-            peerdelta(["dp", "serve", "--listen", "127.0.0.1:0", "--library"]).arg(lib),
+            peerdelta(["dp", "serve", "--listen", "127.0.0.1:0", "--library"])
+                .arg(lib)
+                .args(args),
             "listening on http://",
         );
         DpServer { process, addr: url }
@@ -182,6 +190,34 @@ impl Response {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Bytes `a..=b` of the file, found in whatever this answer carries: the
+    /// whole file (200), one range (206 with `Content-Range`) or the parts
+    /// of a multi-range answer (which a server may merge, RFC 9110 §14.2).
+    pub fn range_bytes(&self, a: u64, b: u64) -> Option<Vec<u8>> {
+        let parts: Vec<(u64, Vec<u8>)> = match (self.status, self.header("content-range")) {
+            (200, _) => vec![(0, self.body.clone())],
+            (206, Some(cr)) => {
+                let start = cr
+                    .trim_start_matches("bytes ")
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                vec![(start, self.body.clone())]
+            }
+            (206, None) => self
+                .byteranges()
+                .into_iter()
+                .map(|(s, _, d)| (s, d))
+                .collect(),
+            _ => return None,
+        };
+        parts.iter().find_map(|(s, d)| {
+            (*s <= a && b < s + d.len() as u64)
+                .then(|| d[(a - s) as usize..=(b - s) as usize].to_vec())
+        })
     }
 
     /// The parts of a `multipart/byteranges` body: `(start, end inclusive, bytes)`.
@@ -283,6 +319,38 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[i + 2 + n + 2..];
     }
     out
+}
+
+/// A TCP connection to `addr` from the local address `from` (any
+/// `127.x.y.z` works on Linux loopback: tests play several clients).
+pub fn connect_from(from: std::net::IpAddr, addr: &str) -> std::net::TcpStream {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().expect("a socket");
+        s.bind(std::net::SocketAddr::new(from, 0))
+            .unwrap_or_else(|e| panic!("binding {from}: {e}"));
+        let stream = s
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {addr} from {from}: {e}"));
+        let std = stream.into_std().expect("a std stream");
+        std.set_nonblocking(false).expect("blocking mode");
+        std
+    })
+}
+
+/// Skips a test that cannot run on this machine, saying why, or fails it
+/// when `CI` is set: CI installs what every test needs, so there a missing
+/// prerequisite is a failure, never a silent pass.
+pub fn cannot_run(why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("this test cannot run: {why} (CI is set, so that is a failure)");
+    }
+    eprintln!("SKIPPED, not passed: {why}");
 }
 
 /// GET a path.

@@ -90,6 +90,7 @@ impl Nginx {
                access_log {d}/access.log bytes;\n  default_type application/octet-stream;\n\
                client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
                uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               max_ranges 128;\n  client_header_timeout 20s;\n  client_body_timeout 20s;\n  send_timeout 60s;\n  keepalive_timeout 20s;\n  client_max_body_size 16k;\n\
                server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location / {{ }}\n  }}\n}}\n",
             d = dir.display(),
             root = root.display(),

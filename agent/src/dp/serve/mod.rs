@@ -6,14 +6,23 @@
 //!   lacks: `ETag` and `If-None-Match` (content-addressed files are named by
 //!   their hash, so their tag is their name), and multi-range requests
 //!   (`multipart/byteranges`), which ServeDir answers with 416. Agents coalesce
-//!   many origin runs into one multi-range request on long-RTT links.
-//! - `POST /status`: receiver status reports, validated, size-limited, appended
-//!   durably to the private directory (`peerdelta dp status` lists them).
+//!   many origin runs into one multi-range request on long-RTT links; the
+//!   rules that keep such a request from costing more than the file are in
+//!   [`ranges`].
+//! - `POST /status`: receiver status reports, validated, size-limited,
+//!   rate-limited per client address, appended durably to a bounded,
+//!   rotating log in the private directory (`peerdelta dp status` lists them).
 //! - `GET /metrics`: Prometheus text: bytes served and requests by kind
-//!   (content, needs, signatures, manifests), status reports by event.
+//!   (content, needs, signatures, manifests), status reports by event,
+//!   connections refused.
 //!
+//! Connections are bounded in number, per client and in time ([`conn`]).
 //! The same tree served by nginx must work the same for downloads; a test
-//! checks it.
+//! checks it, and the README gives the nginx settings that bound ranges
+//! the same way.
+
+pub mod conn;
+pub mod ranges;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,17 +45,17 @@ use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
 use super::library::Library;
-use super::status::StatusStore;
-
-/// Most ranges in one request; more are refused (a request for thousands of
-/// tiny ranges costs more to serve than the file).
-pub const MAX_RANGES: usize = 4096;
+use super::status::{AppendError, StatusStore};
+use conn::{Connections, RateLimit, ServeLimits, Stalling};
+use ranges::{Ranges, parse_ranges};
 
 struct AppState {
     root: PathBuf,
     serve_dir: ServeDir,
     metrics: Metrics,
     status: StatusStore,
+    limits: ServeLimits,
+    reports: RateLimit,
 }
 
 #[derive(Default)]
@@ -57,6 +66,9 @@ struct Metrics {
     not_modified: AtomicU64,
     reports: [AtomicU64; 3],
     reports_rejected: AtomicU64,
+    reports_limited: AtomicU64,
+    connections_refused: AtomicU64,
+    connections: AtomicU64,
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -66,7 +78,7 @@ fn kind_index(k: Kind) -> usize {
 /// Serves `lib` on `listen` until Ctrl-C or SIGTERM. Prints
 /// `listening on http://ADDR` on stdout once bound (with the real port when
 /// `listen` asks for port 0).
-pub async fn serve(lib: Library, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(lib: Library, listen: SocketAddr, limits: ServeLimits) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -75,36 +87,105 @@ pub async fn serve(lib: Library, listen: SocketAddr) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    serve_on(lib, listener, shutdown_signal()).await
+    serve_with(lib, listener, limits, shutdown_signal()).await
 }
 
-/// Serves `lib` on a bound listener until `shutdown` resolves.
+/// Serves `lib` on a bound listener with the default limits until
+/// `shutdown` resolves.
 pub async fn serve_on(
     lib: Library,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(lib, listener, ServeLimits::default(), shutdown).await
+}
+
+/// Serves `lib` on a bound listener until `shutdown` resolves; then lets
+/// the requests in progress finish (10 s at most).
+pub async fn serve_with(
+    lib: Library,
+    listener: tokio::net::TcpListener,
+    limits: ServeLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     lib.check()?;
-    let status = StatusStore::open(&lib)?;
+    let status = StatusStore::open(&lib, limits.status_log_bytes, limits.status_min_free_bytes)?;
     let state = Arc::new(AppState {
         root: lib.root.clone(),
         serve_dir: ServeDir::new(&lib.root).append_index_html_on_directories(false),
         metrics: Metrics::default(),
         status,
+        limits,
+        reports: RateLimit::new(limits.status_per_minute),
     });
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", post(post_status))
         .fallback(static_file)
-        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
-        .with_state(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("serving HTTP")
+        .with_state(state.clone());
+    let conns = Connections::new(limits.max_connections, limits.max_connections_per_client);
+    let (closing, _) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors or a connection reset before
+                    // it was accepted: not fatal, but do not spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(admitted) = conns.admit(peer.ip()) else {
+            state
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "connection refused: too many connections");
+            drop(stream);
+            continue;
+        };
+        state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(Stalling::new(stream, limits.stall_timeout));
+        let svc = app
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.map(Body::new)
+            });
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                // Room for a header of many ranges (answered 416 past
+                // `ranges::MAX_RANGES`); larger headers get 431.
+                .max_buf_size(128 * 1024);
+            let conn = builder.serve_connection(io, svc);
+            let mut conn = std::pin::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    let _ = closing.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conns.drained()).await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -130,41 +211,69 @@ pub async fn shutdown_signal() {
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let m = &s.metrics;
     let mut out = String::new();
-    out.push_str("# HELP peerdelta_dp_bytes_served_total Body bytes sent, by library path kind.\n");
-    out.push_str("# TYPE peerdelta_dp_bytes_served_total counter\n");
-    for k in Kind::ALL {
-        let v = m.bytes[kind_index(k)].load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "peerdelta_dp_bytes_served_total{{kind=\"{}\"}} {v}\n",
-            k.label()
-        ));
-    }
-    out.push_str(
-        "# HELP peerdelta_dp_payload_bytes_total File bytes sent (body bytes without multipart framing), by kind.\n",
+    let mut by_kind = |name: &str, help: &str, values: &[AtomicU64; 5]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for k in Kind::ALL {
+            let v = values[kind_index(k)].load(Ordering::Relaxed);
+            out.push_str(&format!("{name}{{kind=\"{}\"}} {v}\n", k.label()));
+        }
+    };
+    by_kind(
+        "peerdelta_dp_bytes_served_total",
+        "Body bytes sent, by library path kind.",
+        &m.bytes,
     );
-    out.push_str("# TYPE peerdelta_dp_payload_bytes_total counter\n");
-    for k in Kind::ALL {
-        let v = m.payload[kind_index(k)].load(Ordering::Relaxed);
+    by_kind(
+        "peerdelta_dp_payload_bytes_total",
+        "File bytes sent (body bytes without multipart framing), by kind.",
+        &m.payload,
+    );
+    by_kind(
+        "peerdelta_dp_requests_total",
+        "Library requests, by path kind.",
+        &m.requests,
+    );
+    let mut one = |name: &str, help: &str, kind: &str, v: u64| {
         out.push_str(&format!(
-            "peerdelta_dp_payload_bytes_total{{kind=\"{}\"}} {v}\n",
-            k.label()
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
         ));
-    }
-    out.push_str("# HELP peerdelta_dp_requests_total Library requests, by path kind.\n");
-    out.push_str("# TYPE peerdelta_dp_requests_total counter\n");
-    for k in Kind::ALL {
-        let v = m.requests[kind_index(k)].load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "peerdelta_dp_requests_total{{kind=\"{}\"}} {v}\n",
-            k.label()
-        ));
-    }
-    out.push_str("# HELP peerdelta_dp_not_modified_total Requests answered 304 Not Modified.\n");
-    out.push_str("# TYPE peerdelta_dp_not_modified_total counter\n");
-    out.push_str(&format!(
-        "peerdelta_dp_not_modified_total {}\n",
-        m.not_modified.load(Ordering::Relaxed)
-    ));
+    };
+    one(
+        "peerdelta_dp_not_modified_total",
+        "Requests answered 304 Not Modified.",
+        "counter",
+        m.not_modified.load(Ordering::Relaxed),
+    );
+    one(
+        "peerdelta_dp_status_reports_rejected_total",
+        "Status reports refused as invalid.",
+        "counter",
+        m.reports_rejected.load(Ordering::Relaxed),
+    );
+    one(
+        "peerdelta_dp_status_reports_limited_total",
+        "Status reports refused by the per-client rate limit or for lack of disk space.",
+        "counter",
+        m.reports_limited.load(Ordering::Relaxed),
+    );
+    one(
+        "peerdelta_dp_status_reports_dropped_total",
+        "Old status reports dropped when the log rotated (since the library was created).",
+        "counter",
+        s.status.dropped(),
+    );
+    one(
+        "peerdelta_dp_connections_total",
+        "Connections accepted.",
+        "counter",
+        m.connections.load(Ordering::Relaxed),
+    );
+    one(
+        "peerdelta_dp_connections_refused_total",
+        "Connections closed at once: too many in all or from one client.",
+        "counter",
+        m.connections_refused.load(Ordering::Relaxed),
+    );
     out.push_str("# HELP peerdelta_dp_status_reports_total Status reports accepted, by event.\n");
     out.push_str("# TYPE peerdelta_dp_status_reports_total counter\n");
     for (i, e) in ["completed", "hash_failure", "held"].iter().enumerate() {
@@ -173,22 +282,61 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             m.reports[i].load(Ordering::Relaxed)
         ));
     }
-    out.push_str(
-        "# HELP peerdelta_dp_status_reports_rejected_total Status reports refused as invalid.\n",
-    );
-    out.push_str("# TYPE peerdelta_dp_status_reports_rejected_total counter\n");
-    out.push_str(&format!(
-        "peerdelta_dp_status_reports_rejected_total {}\n",
-        m.reports_rejected.load(Ordering::Relaxed)
-    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Reads a request body of at most `limit` bytes within the body timeout.
+async fn read_body(s: &AppState, req: Request, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a status report is at most {limit} bytes\n"),
+        )
+            .into_response()
+    };
+    if req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let body = http_body_util::Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(s.limits.body_timeout, body.collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "unreadable body\n").into_response()),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time\n",
+        )
+            .into_response()),
+    }
 }
 
 async fn post_status(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
+    req: Request,
 ) -> Response {
+    if let Err(wait) = s.reports.take(peer.ip()) {
+        s.metrics.reports_limited.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.to_string())],
+            "too many status reports from this address\n",
+        )
+            .into_response();
+    }
+    let body = match read_body(&s, req, MAX_REPORT_BYTES).await {
+        Ok(b) => b,
+        Err(resp) => {
+            s.metrics.reports_rejected.fetch_add(1, Ordering::Relaxed);
+            return resp;
+        }
+    };
     let report = serde_json::from_slice::<StatusReport>(&body)
         .map_err(|e| e.to_string())
         .and_then(|r| r.validate().map(|()| r).map_err(|e| e.to_string()));
@@ -218,6 +366,19 @@ async fn post_status(
         Ok(Ok(())) => {
             s.metrics.reports[slot].fetch_add(1, Ordering::Relaxed);
             StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Err(AppendError::LowSpace { free })) => {
+            s.metrics.reports_limited.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                free_bytes = free,
+                "refusing status reports: the status log's disk is nearly full"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "300")],
+                "the DP's disk is nearly full; report later\n",
+            )
+                .into_response()
         }
         Ok(Err(e)) => {
             tracing::error!("storing a status report: {e:#}");
@@ -298,9 +459,9 @@ async fn static_file(State(s): State<Arc<AppState>>, req: Request) -> Response {
         Some(r) if if_range_ok(req.headers(), &etag) => parse_ranges(r, len),
         _ => Ranges::None,
     };
-    let payload_in_body = !matches!(&ranges, Ranges::Many(r) if r.len() > 1);
+    let payload_in_body = !matches!(ranges, Ranges::Many(_));
     let mut resp = match ranges {
-        Ranges::Many(ranges) if ranges.len() > 1 => {
+        Ranges::Many(ranges) => {
             let st = s.clone();
             let i = kind_index(kind);
             let count = move |n: u64| {
@@ -313,9 +474,8 @@ async fn static_file(State(s): State<Arc<AppState>>, req: Request) -> Response {
             [(header::CONTENT_RANGE, format!("bytes */{len}"))],
         )
             .into_response(),
-        Ranges::Many(mut one) => {
-            // One range (possibly what is left of several): ServeDir does it.
-            let (a, b) = one.remove(0);
+        Ranges::One(a, b) => {
+            // One range (possibly what merging left of several): ServeDir does it.
             let mut req = req;
             let v = HeaderValue::from_str(&format!("bytes={a}-{b}"))
                 .unwrap_or(HeaderValue::from_static("bytes=0-"));
@@ -402,64 +562,8 @@ fn if_range_ok(h: &HeaderMap, etag: &str) -> bool {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Ranges {
-    /// No usable Range header: send the whole file.
-    None,
-    /// None of the ranges overlaps the file.
-    Unsatisfiable,
-    /// Satisfiable ranges, inclusive, in request order.
-    Many(Vec<(u64, u64)>),
-}
-
-/// Parses a `Range: bytes=…` header (RFC 9110 14.1.2). Malformed headers are
-/// ignored (whole file), as the RFC allows.
-fn parse_ranges(v: &str, len: u64) -> Ranges {
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return Ranges::None;
-    };
-    let mut out = Vec::new();
-    let mut count = 0;
-    for part in spec.split(',') {
-        count += 1;
-        if count > MAX_RANGES {
-            return Ranges::Unsatisfiable;
-        }
-        let part = part.trim();
-        let Some((a, b)) = part.split_once('-') else {
-            return Ranges::None;
-        };
-        let range = match (a.trim(), b.trim()) {
-            ("", "") => return Ranges::None,
-            ("", n) => match n.parse::<u64>() {
-                Ok(0) => None,
-                Ok(n) if len > 0 => Some((len.saturating_sub(n), len - 1)),
-                Ok(_) => None,
-                Err(_) => return Ranges::None,
-            },
-            (a, "") => match a.parse::<u64>() {
-                Ok(a) if a < len => Some((a, len - 1)),
-                Ok(_) => None,
-                Err(_) => return Ranges::None,
-            },
-            (a, b) => match (a.parse::<u64>(), b.parse::<u64>()) {
-                (Ok(a), Ok(b)) if a > b => return Ranges::None,
-                (Ok(a), Ok(b)) if a < len => Some((a, b.min(len - 1))),
-                (Ok(_), Ok(_)) => None,
-                _ => return Ranges::None,
-            },
-        };
-        out.extend(range);
-    }
-    if out.is_empty() {
-        Ranges::Unsatisfiable
-    } else {
-        Ranges::Many(out)
-    }
-}
-
-/// A `multipart/byteranges` response, streamed from the file; `count` is
-/// told the file bytes of each piece sent.
+/// A `multipart/byteranges` response of disjoint ascending ranges, streamed
+/// from the file; `count` is told the file bytes of each piece sent.
 async fn multipart(
     path: &Path,
     len: u64,
@@ -467,21 +571,10 @@ async fn multipart(
     head: bool,
     count: impl Fn(u64) + Send + Sync + 'static,
 ) -> Response {
-    let boundary = format!(
-        "peerdelta-{:016x}",
-        len ^ ranges.len() as u64 ^ ranges[0].0.rotate_left(17)
-    );
-    let part_head = |a: u64, b: u64| {
-        format!(
-            "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {a}-{b}/{len}\r\n\r\n"
-        )
-    };
-    let tail = format!("\r\n--{boundary}--\r\n");
-    let total: u64 = ranges
-        .iter()
-        .map(|&(a, b)| part_head(a, b).len() as u64 + (b - a + 1))
-        .sum::<u64>()
-        + tail.len() as u64;
+    let boundary = ranges::boundary(len, &ranges);
+    let part_head = |a: u64, b: u64| ranges::part_head(&boundary, a, b, len);
+    let tail = ranges::tail(&boundary);
+    let total = ranges::multipart_len(len, &ranges);
     let headers = [
         (
             header::CONTENT_TYPE,
@@ -569,30 +662,6 @@ async fn multipart(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_ranges("bytes=0-9", 100), Ranges::Many(vec![(0, 9)]));
-        assert_eq!(
-            parse_ranges("bytes=0-9, 20-29,-5", 100),
-            Ranges::Many(vec![(0, 9), (20, 29), (95, 99)])
-        );
-        assert_eq!(parse_ranges("bytes=90-", 100), Ranges::Many(vec![(90, 99)]));
-        assert_eq!(
-            parse_ranges("bytes=90-200", 100),
-            Ranges::Many(vec![(90, 99)])
-        );
-        assert_eq!(parse_ranges("bytes=100-200", 100), Ranges::Unsatisfiable);
-        assert_eq!(
-            parse_ranges("bytes=100-200,0-0", 100),
-            Ranges::Many(vec![(0, 0)])
-        );
-        assert_eq!(parse_ranges("bytes=-0", 100), Ranges::Unsatisfiable);
-        assert_eq!(parse_ranges("bytes=5-2", 100), Ranges::None);
-        assert_eq!(parse_ranges("bytes=x-2", 100), Ranges::None);
-        assert_eq!(parse_ranges("items=0-2", 100), Ranges::None);
-        assert_eq!(parse_ranges("bytes=0-0", 0), Ranges::Unsatisfiable);
-    }
 
     #[test]
     fn paths() {
