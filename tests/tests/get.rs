@@ -14,10 +14,12 @@ use peerdelta_protocol::{ContentHash, layout};
 use peerdelta_tests::fixtures::{Tree, text, write_tree};
 use peerdelta_tests::library::{
     Series, assert_same_tree, init_library, key_file, library_index, library_manifest, metric,
-    publish, published_series, read_tree,
+    publish, published_series, read_out_tree,
 };
 use peerdelta_tests::nginx::{Nginx, free_port, nginx_binary};
-use peerdelta_tests::{DpServer, peerdelta, random_bytes, run, run_code, run_ok, start_until};
+use peerdelta_tests::{
+    DpServer, cannot_run, peerdelta, random_bytes, run, run_code, run_ok, start_until,
+};
 
 const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
 const WIRE: &str = "peerdelta_dp_bytes_served_total";
@@ -93,7 +95,7 @@ fn run_series(s: &Series, url: &str, counts: &dyn Fn() -> (u64, u64)) {
             "v{v}: body bytes the server sent = what the client counted"
         );
         assert_eq!(summary["hash_failures"], 0);
-        assert_same_tree(&read_tree(&out), tree, &format!("v{v}"));
+        assert_same_tree(&read_out_tree(&out), tree, &format!("v{v}"));
         if k > 0 {
             let full = m.total_bytes();
             eprintln!(
@@ -161,8 +163,7 @@ fn series_from_dp_serve_fetches_exactly_the_needs_lists_and_origin_data() {
 #[test]
 fn series_from_nginx_fetches_exactly_the_needs_lists_and_origin_data() {
     let Some(bin) = nginx_binary() else {
-        eprintln!("skipping: nginx is not installed (`.ci/run` installs Debian's nginx-light)");
-        return;
+        return cannot_run("nginx is not installed (`.ci/run` installs Debian's nginx-light)");
     };
     let s = published_series();
     let ngx = Nginx::start(&bin, &s.dir.path().join("nginx"), &s.lib);
@@ -283,7 +284,7 @@ fn killed_get_resumes_and_never_refetches_verified_bytes() {
     slow(&mut cmd);
     let summary = json(&run_ok(cmd.arg("--out").arg(&out)));
     let total = metric(&server.addr, PAYLOAD) - start;
-    assert_same_tree(&read_tree(&out), &trees[1], "after the kills");
+    assert_same_tree(&read_out_tree(&out), &trees[1], "after the kills");
     // Each start fetches the index and the manifest again; each kill loses
     // at most the requests in flight.
     let (_, ilen) = library_index(&lib, "app");
@@ -355,7 +356,7 @@ fn a_dp_restart_mid_transfer_is_waited_out() {
     assert!(done.status.success());
     let summary = json(&String::from_utf8_lossy(&done.stdout));
     assert_eq!(summary["version"], 2);
-    assert_same_tree(&read_tree(&out), &trees[1], "after the DP restart");
+    assert_same_tree(&read_out_tree(&out), &trees[1], "after the DP restart");
     drop(dp);
 }
 
@@ -429,7 +430,11 @@ fn a_corrupt_local_base_is_detected_reported_and_fetched_whole() {
         .arg(&out),
     ));
     let fetched = metric(&server.addr, PAYLOAD) - p0;
-    assert_same_tree(&read_tree(&out), &s.trees[1], "v2 despite the damaged base");
+    assert_same_tree(
+        &read_out_tree(&out),
+        &s.trees[1],
+        "v2 despite the damaged base",
+    );
     assert!(summary["hash_failures"].as_u64().unwrap() >= 1, "{summary}");
     assert!(
         summary["whole_contents"].as_u64().unwrap() == 1,
@@ -574,7 +579,7 @@ fn a_dp_sending_a_wrong_byte_is_caught_reported_and_resumed_once_fixed() {
             .arg(&out),
     );
     let resumed = metric(&server.addr, PAYLOAD) - p0;
-    assert_same_tree(&read_tree(&out), &s.trees[1], "v2 after the repair");
+    assert_same_tree(&read_out_tree(&out), &s.trees[1], "v2 after the repair");
     let (_, ilen) = library_index(&s.lib, "app");
     let (_, mlen) = library_manifest(&s.lib, "app", 2);
     assert!(
@@ -766,8 +771,7 @@ fn a_full_disk_fails_cleanly_and_records_nothing_half_written() {
     let s = published_series();
     let cache = s.dir.path().join("small-disk");
     if !mount_tmpfs(&cache, "6m") {
-        eprintln!("skipping: cannot mount a small tmpfs here (needs root); CI runs as root");
-        return;
+        return cannot_run("cannot mount a small tmpfs here (needs root); CI runs as root");
     }
     let _unmount = Unmount(cache.clone());
     let server = DpServer::start(&s.lib);
@@ -828,7 +832,7 @@ fn a_receiver_five_versions_behind_uses_client_side_rdc() {
             .arg(&out),
     ));
     let fetched = metric(&server.addr, PAYLOAD) - p0;
-    assert_same_tree(&read_tree(&out), &s.trees[5], "v6 from v1");
+    assert_same_tree(&read_out_tree(&out), &s.trees[5], "v6 from v1");
     assert!(summary["rdc_contents"].as_u64().unwrap() >= 1, "{summary}");
     let whole = library_index(&s.lib, "app").1 + mlen + getplan::download_bytes(&m6, |_| false);
     eprintln!("v1 -> v6 by client-side RDC: {fetched} B from the DP; without a base {whole} B");

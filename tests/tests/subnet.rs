@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use peerdelta_tests::library::{Series, key_file, metric, publish, published_series};
 use peerdelta_tests::netns;
 use peerdelta_tests::nginx::free_port;
-use peerdelta_tests::{DpServer, peerdelta, random_bytes, run_ok};
+use peerdelta_tests::{DpServer, cannot_run, peerdelta, random_bytes, run_ok};
 
 const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
 
@@ -574,10 +574,9 @@ fn agents_on_a_bridge_find_each_other_by_mdns() {
     let seg = match netns::Segment::create(3) {
         Ok(seg) => seg,
         Err(why) => {
-            eprintln!(
-                "skipped: network namespaces are not available here ({why}); this test needs root and iproute2"
-            );
-            return;
+            return cannot_run(&format!(
+                "network namespaces are not available here ({why}); this test needs root and iproute2"
+            ));
         }
     };
     let s = published_series();
