@@ -4,6 +4,7 @@
 //! CACHE/content/<shard>/<hash>            verified contents, by BLAKE3
 //! CACHE/versions/<package>/<version>/manifest   signed manifest of a complete version
 //! CACHE/versions/<package>/<version>/lock       held (shared) while the version is in use
+//! CACHE/versions/<package>/<version>/pending    signed manifest of a version being downloaded
 //! CACHE/partial/<hash>/                   a content being built: data, journal of verified runs
 //! CACHE/quarantine/                       contents that failed verification
 //! CACHE/tmp/                              files being written
@@ -135,10 +136,17 @@ pub struct GcReport {
     /// Always "cache_gc".
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Bytes of contents before and after.
+    /// Bytes the cache took before: contents, kept library files, temporary,
+    /// partial and quarantined data.
     pub bytes_before: u64,
     /// After.
     pub bytes_after: u64,
+    /// Bytes of stale temporary files removed (their writer is gone).
+    pub tmp_removed_bytes: u64,
+    /// Bytes of quarantined contents removed.
+    pub quarantine_removed_bytes: u64,
+    /// Bytes of partial downloads removed (no download in progress needs them).
+    pub partial_removed_bytes: u64,
     /// Versions evicted, least recently used first.
     pub evicted: Vec<String>,
     /// Versions kept although over the limit, and why.
@@ -164,6 +172,30 @@ impl Cache {
         let tmp = self.tmp_path("library");
         crate::dp::library::write_synced(&tmp, bytes)?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// What this cache last verified of `package`'s index (rollback
+    /// protection: `CACHE/indexes/<package>`).
+    pub fn index_seen(&self, package: &PackageName) -> Option<manifest::IndexSeen> {
+        let b = fs::read(self.root.join("indexes").join(package.as_str())).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Records a verified index, if it is newer than the one recorded.
+    pub fn record_index_seen(
+        &self,
+        package: &PackageName,
+        seen: manifest::IndexSeen,
+    ) -> anyhow::Result<()> {
+        if self
+            .index_seen(package)
+            .is_some_and(|old| old.generation >= seen.generation && old.latest >= seen.latest)
+        {
+            return Ok(());
+        }
+        let dir = self.root.join("indexes");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::fsutil::write_atomic(&dir.join(package.as_str()), &serde_json::to_vec(&seen)?)
     }
 
     /// Opens (creating) the cache at `root`.
@@ -245,6 +277,26 @@ impl Cache {
             .join(version.to_string())
     }
 
+    /// Marks a version as being downloaded: its signed manifest is kept as
+    /// `pending` and a shared lock is held (returned) until the download
+    /// ends, so `gc` keeps every content it names, and the versions of the
+    /// package already cached are locked too (their contents are the
+    /// download's bases).
+    pub fn begin_version(&self, m: &Manifest, signed: &[u8]) -> anyhow::Result<Vec<File>> {
+        let mut locks = vec![self.use_version(&m.package, m.version)?];
+        let dir = self.version_dir(&m.package, m.version);
+        let tmp = self.tmp_path("pending");
+        crate::dp::library::write_synced(&tmp, signed)?;
+        fs::rename(&tmp, dir.join("pending"))
+            .with_context(|| format!("recording {} as pending", dir.display()))?;
+        for v in self.versions_of(&m.package) {
+            if v != m.version {
+                locks.push(self.use_version(&m.package, v)?);
+            }
+        }
+        Ok(locks)
+    }
+
     /// Takes a shared lock marking a version as in use (gc will not evict it).
     pub fn use_version(&self, package: &PackageName, version: u64) -> anyhow::Result<File> {
         let dir = self.version_dir(package, version);
@@ -278,9 +330,42 @@ impl Cache {
         crate::dp::library::write_synced(&tmp, signed)?;
         fs::rename(&tmp, dir.join("manifest"))
             .with_context(|| format!("recording {}", dir.display()))?;
+        let _ = fs::remove_file(dir.join("pending"));
         sync_dir(&dir)?;
         self.touch(&m.package, m.version);
         Ok(())
+    }
+
+    /// Contents named by the pending manifests of versions being downloaded
+    /// now (their lock is held by someone).
+    fn downloading(&self, key: &VerifyingKey) -> HashSet<ContentHash> {
+        let mut out = HashSet::new();
+        let Ok(packages) = fs::read_dir(self.root.join("versions")) else {
+            return out;
+        };
+        for v in packages
+            .flatten()
+            .filter_map(|p| fs::read_dir(p.path()).ok())
+            .flatten()
+            .flatten()
+        {
+            let dir = v.path();
+            let Ok(bytes) = fs::read(dir.join("pending")) else {
+                continue;
+            };
+            let busy = OpenOptions::new()
+                .write(true)
+                .open(dir.join("lock"))
+                .is_ok_and(|l| l.try_lock().is_err());
+            if !busy {
+                continue;
+            }
+            match manifest::open_manifest(&bytes, key) {
+                Ok(m) => out.extend(m.files().map(|(_, f)| f.hash)),
+                Err(e) => tracing::warn!("{}: {e}", dir.join("pending").display()),
+            }
+        }
+        out
     }
 
     /// Marks a version as just used.
@@ -398,7 +483,12 @@ impl Cache {
                 else {
                     continue;
                 };
-                out.push((h, f.path(), f.metadata().map(|m| m.len()).unwrap_or(0)));
+                // Blocks in use: what the file takes on disk.
+                let size = f.metadata().map_or(0, |m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.blocks() * 512
+                });
+                out.push((h, f.path(), size));
             }
         }
         Ok(out)
@@ -434,9 +524,13 @@ impl Cache {
         Ok(report)
     }
 
-    /// Evicts least recently used versions until contents take at most
-    /// `max_bytes`. Never a version in use, nor the newest version of a
-    /// package unless `include_newest`.
+    /// Brings the cache down to at most `max_bytes`, counting everything it
+    /// holds (contents, kept library files, temporary, partial and
+    /// quarantined data). In order: temporary files whose writer is gone
+    /// (always), quarantined contents, partial downloads no download in
+    /// progress needs, then least recently used versions. Never a version in
+    /// use or being downloaded (nor a content it names), nor the newest
+    /// version of a package unless `include_newest`.
     pub fn gc(
         &self,
         key: &VerifyingKey,
@@ -444,13 +538,28 @@ impl Cache {
         include_newest: bool,
     ) -> anyhow::Result<GcReport> {
         let contents = self.all_contents()?;
-        let size: BTreeMap<ContentHash, u64> = contents.iter().map(|(h, _, s)| (*h, *s)).collect();
-        let mut total: u64 = size.values().sum();
+        let mut total = self.used_bytes();
         let mut report = GcReport {
             kind: "cache_gc",
             bytes_before: total,
             ..Default::default()
         };
+        // Temporary files of processes that are gone, whatever the size.
+        report.tmp_removed_bytes = self.clean_tmp();
+        total = total.saturating_sub(report.tmp_removed_bytes);
+        if total > max_bytes {
+            report.quarantine_removed_bytes =
+                remove_children(&self.root.join("quarantine"), |_| true);
+            total = total.saturating_sub(report.quarantine_removed_bytes);
+        }
+        let downloading = self.downloading(key);
+        if total > max_bytes {
+            report.partial_removed_bytes = remove_children(&self.root.join("partial"), |name| {
+                name.parse::<ContentHash>()
+                    .is_ok_and(|h| !downloading.contains(&h))
+            });
+            total = total.saturating_sub(report.partial_removed_bytes);
+        }
         let mut manifests = self.manifests(key)?;
         let newest: BTreeMap<String, u64> = manifests.iter().fold(BTreeMap::new(), |mut acc, m| {
             let e = acc.entry(m.package.to_string()).or_insert(0);
@@ -459,6 +568,7 @@ impl Cache {
         });
         manifests.sort_by_key(|m| self.last_used(&m.package, m.version));
         let mut live: Vec<Manifest> = manifests.clone();
+        let mut removed: HashSet<ContentHash> = HashSet::new();
         for m in manifests {
             if total <= max_bytes {
                 break;
@@ -484,12 +594,14 @@ impl Cache {
             let still: HashSet<ContentHash> = live
                 .iter()
                 .flat_map(|x| x.files().map(|(_, f)| f.hash))
+                .chain(downloading.iter().copied())
                 .collect();
             for (h, path, s) in &contents {
-                if !still.contains(h) && path.exists() {
+                if !still.contains(h) && !removed.contains(h) && path.exists() {
                     fs::remove_file(path)
                         .with_context(|| format!("removing {}", path.display()))?;
-                    total -= s;
+                    removed.insert(*h);
+                    total = total.saturating_sub(*s);
                 }
             }
             drop(lock);
@@ -500,11 +612,41 @@ impl Cache {
             let still: HashSet<ContentHash> = live
                 .iter()
                 .flat_map(|x| x.files().map(|(_, f)| f.hash))
+                .chain(downloading.iter().copied())
                 .collect();
             self.prune_library(&still);
         }
-        report.bytes_after = total;
+        report.bytes_after = self.used_bytes();
         Ok(report)
+    }
+
+    /// Bytes the cache takes on disk: contents, kept library files,
+    /// temporary, partial and quarantined data.
+    pub fn used_bytes(&self) -> u64 {
+        ["content", "library", "tmp", "partial", "quarantine"]
+            .iter()
+            .map(|d| dir_bytes(&self.root.join(d)))
+            .sum()
+    }
+
+    /// Removes temporary files whose writing process is gone (the name
+    /// carries its pid) or that are older than a day; returns their bytes.
+    fn clean_tmp(&self) -> u64 {
+        let me = std::process::id();
+        remove_children_meta(&self.root.join("tmp"), |name, meta| {
+            let pid = name.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+            let gone = match pid {
+                Some(p) if p == me => false,
+                Some(p) => !Path::new(&format!("/proc/{p}")).exists(),
+                None => true,
+            };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|d| d.as_secs() > 24 * 3600);
+            gone || old
+        })
     }
 
     /// Removes kept needs lists whose target is no longer cached (they were
@@ -530,6 +672,58 @@ impl Cache {
             }
         }
     }
+}
+
+/// Bytes of the files under `dir` (blocks in use, so sparse files count
+/// what they take).
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Removes the entries of `dir` whose name passes `remove`; returns their bytes.
+fn remove_children(dir: &Path, remove: impl Fn(&str) -> bool) -> u64 {
+    remove_children_meta(dir, |name, _| remove(name))
+}
+
+fn remove_children_meta(dir: &Path, remove: impl Fn(&str, &fs::Metadata) -> bool) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut freed = 0;
+    for e in rd.flatten() {
+        let (Some(name), Ok(meta)) = (e.file_name().to_str().map(str::to_owned), e.metadata())
+        else {
+            continue;
+        };
+        if !remove(&name, &meta) {
+            continue;
+        }
+        let bytes = if meta.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            meta.blocks() * 512
+        };
+        let gone = if meta.is_dir() {
+            fs::remove_dir_all(e.path())
+        } else {
+            fs::remove_file(e.path())
+        };
+        if gone.is_ok() {
+            freed += bytes;
+        }
+    }
+    freed
 }
 
 /// Reads a signed manifest file: verified against `key`, and describing

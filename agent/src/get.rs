@@ -23,8 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +34,7 @@ use ed25519_dalek::VerifyingKey;
 use futures_util::{StreamExt, stream};
 use peerdelta_protocol::fetchplan::{self, RequestLimits};
 use peerdelta_protocol::getplan::{self, Source};
-use peerdelta_protocol::manifest::{
-    self, EntryKind, FileEntry, Manifest, ManifestFetch, PackageName,
-};
+use peerdelta_protocol::manifest::{self, FileEntry, Manifest, ManifestFetch, PackageName};
 use peerdelta_protocol::needs::{Need, RecursivePlan, SeedLevels};
 use peerdelta_protocol::needsfile::{self, PlacedRun, RunSource};
 use peerdelta_protocol::rdc::{MAX_LEVELS, SignatureBuilder};
@@ -47,6 +44,7 @@ use serde::Serialize;
 
 use crate::cache::{Cache, VerifiedContent, verify_file};
 use crate::client::{DpClient, FetchError};
+use crate::journal::Journal;
 use crate::progress::Progress;
 use crate::subnet::lan::Lan;
 use crate::util::now_ms;
@@ -62,6 +60,9 @@ pub struct GetOptions {
     pub out: Option<PathBuf>,
     /// Materialise with hard links into the cache instead of copies.
     pub link: bool,
+    /// Materialise into a directory peerdelta did not create (its other
+    /// files are kept), and replace files changed since peerdelta wrote them.
+    pub force: bool,
     /// Requests to the DP in flight at once.
     pub concurrency: usize,
     /// Size of one request.
@@ -166,10 +167,11 @@ pub async fn get_with(
         (None, Some(lan)) => lan_manifest(client, cache, key, opts, lan).await?,
         (None, None) => {
             let older = cached_manifests(cache, &opts.package);
-            fetch_manifest(client, key, &opts.package, opts.version, &older).await?
+            fetch_manifest(client, cache, key, &opts.package, opts.version, &older).await?
         }
     };
-    let _in_use = cache.use_version(&manifest.package, manifest.version)?;
+    // gc keeps what this download needs and makes until it ends.
+    let _in_use = cache.begin_version(&manifest, &signed)?;
     let older = older_files(cache, key, &manifest);
     let sizes: HashMap<ContentHash, &FileEntry> =
         manifest.files().map(|(_, f)| (f.hash, f)).collect();
@@ -239,7 +241,15 @@ pub async fn get_with(
     }
     cache.record_version(&manifest, &signed)?;
     if let Some(out) = &opts.out {
-        materialize(cache, &manifest, out, opts.link)?;
+        crate::materialize::materialize(
+            cache,
+            &manifest,
+            out,
+            crate::materialize::Options {
+                link: opts.link,
+                force: opts.force,
+            },
+        )?;
     }
     let summary = GetSummary {
         kind: "get",
@@ -324,7 +334,7 @@ pub async fn lan_manifest(
                     }
                 }
             }
-            return fetch_manifest(client, key, &opts.package, Some(version), &older).await;
+            return fetch_manifest(client, cache, key, &opts.package, Some(version), &older).await;
         }
         lan.wait(Duration::from_millis(300)).await;
     }
@@ -340,16 +350,15 @@ pub fn cached_manifests(cache: &Cache, package: &PackageName) -> BTreeMap<u64, V
         .collect()
 }
 
-/// Fetches and verifies the index and the manifest of `version` (or the
-/// newest); `older` are manifests of the package at hand (a delta from one
-/// of them is fetched when the DP has it; each is checked by hash).
-pub async fn fetch_manifest(
+/// Fetches and verifies the package index: signed by the pinned key, of
+/// this package, not older than one this cache verified before (rollback),
+/// not expired (a frozen mirror); warns when it is about to expire.
+pub async fn fetch_index(
     client: &DpClient,
+    cache: &Cache,
     key: &VerifyingKey,
     package: &PackageName,
-    version: Option<u64>,
-    older: &BTreeMap<u64, Vec<u8>>,
-) -> anyhow::Result<(Manifest, Vec<u8>)> {
+) -> anyhow::Result<manifest::PackageIndex> {
     let index_bytes = match client.get_bytes(&layout::index(package), 64 << 20).await {
         Ok(b) => b,
         Err(FetchError::NotFound { .. }) => bail!("the DP has no package {package}"),
@@ -361,6 +370,31 @@ pub async fn fetch_manifest(
         "the DP's index for {package} describes {}",
         index.package
     );
+    match index.check_fresh(cache.index_seen(package), now_ms())? {
+        manifest::Freshness::Fresh => {}
+        manifest::Freshness::ExpiresSoon { left_s } => tracing::warn!(
+            "the DP's index of {package} expires in {} h: the DP should have re-signed it \
+             (`peerdelta dp refresh-index`); a mirror that stopped updating looks like this",
+            left_s / 3600
+        ),
+    }
+    cache.record_index_seen(package, index.seen())?;
+    Ok(index)
+}
+
+/// Fetches and verifies the index ([`fetch_index`]) and the manifest of
+/// `version` (or the newest); `older` are manifests of the package at hand
+/// (a delta from one of them is fetched when the DP has it; each is checked
+/// by hash).
+pub async fn fetch_manifest(
+    client: &DpClient,
+    cache: &Cache,
+    key: &VerifyingKey,
+    package: &PackageName,
+    version: Option<u64>,
+    older: &BTreeMap<u64, Vec<u8>>,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let index = fetch_index(client, cache, key, package).await?;
     let entry = match version {
         Some(v) => index.get(v).with_context(|| {
             let latest = index.latest().map_or(0, |e| e.version);
@@ -697,76 +731,13 @@ fn write_verified(ctx: &Ctx<'_>, f: &FileEntry, raw: &[u8]) -> Result<VerifiedCo
     Ok(blocking(|| verify_file(&tmp, &f.hash))?)
 }
 
-/// Durable record of the byte ranges of a content already verified and written.
-struct Journal {
-    file: Mutex<File>,
-    done: Mutex<Vec<(u64, u64)>>,
-}
-
-impl Journal {
-    fn open(path: &Path) -> anyhow::Result<Journal> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let mut raw = Vec::new();
-        file.read_to_end(&mut raw)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let done = peerdelta_protocol::swarm::merge(&parse_journal(&raw));
-        Ok(Journal {
-            file: Mutex::new(file),
-            done: Mutex::new(done),
-        })
-    }
-
-    /// Whether the verified ranges (kept merged: sorted and disjoint) cover `r`.
-    fn covers(&self, r: std::ops::Range<u64>) -> bool {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        peerdelta_protocol::swarm::covers(&done, r.start, r.end)
-    }
-
-    /// Records ranges whose bytes are already written and fsynced.
-    fn record(&self, ranges: &[(u64, u64)]) -> anyhow::Result<()> {
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(16 * ranges.len());
-        for (o, l) in ranges {
-            buf.extend_from_slice(&o.to_le_bytes());
-            buf.extend_from_slice(&l.to_le_bytes());
-        }
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(&buf)
-            .and_then(|()| f.sync_data())
-            .context("writing the journal")?;
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        done.extend_from_slice(ranges);
-        *done = peerdelta_protocol::swarm::merge(&done);
-        Ok(())
-    }
-}
-
-/// The ranges of a journal; a torn last record (a crash mid-append) is ignored.
-fn parse_journal(raw: &[u8]) -> Vec<(u64, u64)> {
-    raw.chunks_exact(16)
-        .map(|r| {
-            (
-                u64::from_le_bytes(r[..8].try_into().unwrap_or_default()),
-                u64::from_le_bytes(r[8..].try_into().unwrap_or_default()),
-            )
-        })
-        .collect()
-}
-
 /// The verified ranges of a content being built in `cache` (what we can
 /// give peers before it is finished), merged and sorted, and the file that
 /// holds them.
 pub fn partial_coverage(cache: &Cache, h: &ContentHash) -> (Vec<(u64, u64)>, PathBuf) {
     let dir = cache.partial_dir(h);
-    let ranges = fs::read(dir.join("journal"))
-        .map(|raw| peerdelta_protocol::swarm::merge(&parse_journal(&raw)))
+    let ranges = crate::journal::read(&dir.join("journal"), h)
+        .map(|p| p.ranges)
         .unwrap_or_default();
     (ranges, dir.join("data"))
 }
@@ -806,7 +777,7 @@ async fn rebuild(
         .with_context(|| format!("opening {}", data_path.display()))?;
     data.set_len(f.size)
         .with_context(|| format!("sizing {}", data_path.display()))?;
-    let journal = Journal::open(&dir.join("journal"))?;
+    let journal = Journal::open(&dir.join("journal"), &f.hash, f.size)?;
     let runs: Vec<PlacedRun> = nf.placed().collect();
     let already: u64 = runs
         .iter()
@@ -962,12 +933,19 @@ async fn rebuild(
         )));
     }
 
-    // Everything verified run by run; now the whole content.
+    // Everything verified run by run; now the whole content. If it still
+    // does not hash right, the partial is discarded: retrying from the same
+    // journal would only fail the same way.
     data.sync_all().context("syncing")?;
     drop(data);
-    let v = blocking(|| verify_file(&data_path, &f.hash))
-        .map_err(|e| JobError::Dp(format!("{e:#}")))?;
-    Ok(v)
+    match blocking(|| verify_file(&data_path, &f.hash)) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            tracing::warn!(content = %f.hash, "the rebuilt content does not verify ({e:#}); discarding its partial data");
+            let _ = fs::remove_dir_all(&dir);
+            Err(JobError::Dp(format!("{e:#}")))
+        }
+    }
 }
 
 /// Takes from the subnet what [`swarm::assign`] says it can give, until
@@ -1395,9 +1373,11 @@ async fn rdc(ctx: &Ctx<'_>, f: &FileEntry, seed: ContentHash) -> Result<Verified
         .await?;
     let (header, start) =
         sigstore::decode_header(&head[0]).map_err(|e| JobError::Dp(format!("{sig_rel}: {e}")))?;
-    if header.content_len != f.size {
-        return Err(JobError::Dp(format!("{sig_rel} describes another content")));
-    }
+    // Levels, parameters and lengths must be what the signed manifest says
+    // before any of them sizes a request or a buffer.
+    header
+        .check_against(start, &f.sig, &ctx.manifest.params, f.size)
+        .map_err(|e| JobError::Dp(format!("{sig_rel}: {e}")))?;
     let seed_path = ctx.cache.content_path(&seed);
     let params = header.params;
     let seed_levels = {
@@ -1535,82 +1515,4 @@ async fn rdc(ctx: &Ctx<'_>, f: &FileEntry, seed: ContentHash) -> Result<Verified
     ctx.progress.add(0, f.size);
     blocking(|| verify_file(&data_path, &f.hash))
         .map_err(|e| JobError::Dp(format!("client-side RDC result: {e:#}")))
-}
-
-/// Puts the version's tree in `out` (replacing what was there), with copies
-/// of the cached contents or, with `link`, hard links to them (then editing a
-/// file in `out` would damage the cache, which `cache verify` detects).
-pub fn materialize(cache: &Cache, m: &Manifest, out: &Path, link: bool) -> anyhow::Result<()> {
-    let parent = crate::fsutil::parent_dir(out);
-    let name = out
-        .file_name()
-        .context("--out needs a directory name")?
-        .to_string_lossy()
-        .into_owned();
-    let staging = parent.join(format!(".{name}.peerdelta-new"));
-    let old = parent.join(format!(".{name}.peerdelta-old"));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let mut dirs = Vec::new();
-    for e in &m.entries {
-        let dest = staging.join(e.path.as_str());
-        match &e.kind {
-            EntryKind::Dir => {
-                fs::create_dir_all(&dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                dirs.push((dest, e.mode));
-            }
-            EntryKind::File(f) => {
-                let src = cache.content_path(&f.hash);
-                let src_mode = fs::metadata(&src)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .unwrap_or(0);
-                // A hard link shares the cache file's mode: link only when it is right.
-                let linked = link && src_mode == e.mode && fs::hard_link(&src, &dest).is_ok();
-                if !linked {
-                    fs::copy(&src, &dest).with_context(|| format!("writing {}", dest.display()))?;
-                    fs::set_permissions(&dest, fs::Permissions::from_mode(e.mode))
-                        .with_context(|| format!("setting the mode of {}", dest.display()))?;
-                }
-            }
-        }
-    }
-    // Directory modes last, deepest first, so read-only ones do not block writes.
-    for (d, mode) in dirs.iter().rev() {
-        fs::set_permissions(d, fs::Permissions::from_mode(*mode))
-            .with_context(|| format!("setting the mode of {}", d.display()))?;
-    }
-    let _ = fs::remove_dir_all(&old);
-    if out.exists() {
-        fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
-    }
-    fs::rename(&staging, out).with_context(|| format!("moving {} into place", out.display()))?;
-    let _ = fs::remove_dir_all(&old);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn journal_coverage_survives_reopening() {
-        let dir = std::env::temp_dir().join(format!("pd-journal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("journal");
-        let j = Journal::open(&path).unwrap();
-        assert!(!j.covers(0..1));
-        assert!(j.covers(5..5));
-        j.record(&[(20, 10), (0, 10)]).unwrap();
-        j.record(&[(10, 5)]).unwrap();
-        for j in [j, Journal::open(&path).unwrap()] {
-            assert!(j.covers(0..15));
-            assert!(j.covers(3..12));
-            assert!(!j.covers(14..21));
-            assert!(j.covers(20..30));
-            assert!(!j.covers(25..31));
-        }
-        let _ = fs::remove_dir_all(&dir);
-    }
 }

@@ -23,7 +23,10 @@ use crate::rdc::LevelParams;
 /// Magic of a signed manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"PDMANIF1";
 /// Magic of a signed package index.
-pub const INDEX_MAGIC: [u8; 8] = *b"PDINDEX1";
+pub const INDEX_MAGIC: [u8; 8] = *b"PDINDEX2";
+/// Magic of the package index before generations and expiry (read by the DP
+/// only, to upgrade a library).
+pub const LEGACY_INDEX_MAGIC: [u8; 8] = *b"PDINDEX1";
 /// Largest signed document accepted.
 pub const MAX_SIGNED_LEN: usize = 256 << 20;
 /// Largest relative path, in bytes.
@@ -319,12 +322,142 @@ impl Manifest {
 }
 
 /// The list of versions of a package.
+///
+/// Receivers keep the newest index they verified for each package and never
+/// accept one of a lower [`generation`](Self::generation): a stale mirror or
+/// an attacker replaying an old, validly signed index cannot move them back
+/// ([`PackageIndex::check_fresh`]). An index may expire, so that a mirror
+/// that stopped updating (frozen) is noticed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageIndex {
     /// The package.
     pub package: PackageName,
+    /// Counts the indexes the DP signed for this package: each new one has
+    /// a higher generation.
+    pub generation: u64,
+    /// When the DP signed it (ms since the Unix epoch, the DP's clock).
+    pub signed_ms: u64,
+    /// After this (ms since the Unix epoch), receivers refuse the index; the
+    /// DP re-signs it before (`dp refresh-index`). `None`: never expires.
+    pub expires_ms: Option<u64>,
     /// Versions, ascending.
     pub versions: Vec<IndexEntry>,
+}
+
+/// A package index before generations (`PDINDEX1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyIndex {
+    /// The package.
+    pub package: PackageName,
+    /// Versions, ascending.
+    pub versions: Vec<IndexEntry>,
+}
+
+/// What a receiver last verified of a package's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSeen {
+    /// Its generation.
+    pub generation: u64,
+    /// Its newest version.
+    pub latest: u64,
+}
+
+/// Why an index was refused as stale.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StaleIndex {
+    /// Older than one verified before.
+    #[error(
+        "the index of {package} is older than one this agent verified before (generation \
+         {got}, newest {got_latest}; seen generation {seen}, newest {seen_latest}): a stale \
+         mirror or proxy, or a replay; refusing to go back"
+    )]
+    Rollback {
+        /// The package.
+        package: PackageName,
+        /// Its generation.
+        got: u64,
+        /// Its newest version.
+        got_latest: u64,
+        /// The generation seen before.
+        seen: u64,
+        /// The newest version seen before.
+        seen_latest: u64,
+    },
+    /// Past its expiry.
+    #[error(
+        "the index of {package} expired {ago_s} s ago: the DP, or a mirror between it and \
+         this agent, has stopped updating it (frozen); refusing it until the DP re-signs it \
+         (`peerdelta dp refresh-index`)"
+    )]
+    Expired {
+        /// The package.
+        package: PackageName,
+        /// Seconds since it expired.
+        ago_s: u64,
+    },
+}
+
+/// An index that may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Fresh.
+    Fresh,
+    /// Usable, but it expires in `left_s` seconds, within the last quarter
+    /// of its validity: the DP should have re-signed it by now.
+    ExpiresSoon {
+        /// Seconds left.
+        left_s: u64,
+    },
+}
+
+impl PackageIndex {
+    /// Whether a receiver that verified `seen` before may use this index at
+    /// `now_ms` (its own clock).
+    pub fn check_fresh(
+        &self,
+        seen: Option<IndexSeen>,
+        now_ms: u64,
+    ) -> Result<Freshness, StaleIndex> {
+        let latest = self.latest().map_or(0, |e| e.version);
+        if let Some(s) = seen
+            && (self.generation < s.generation || latest < s.latest)
+        {
+            return Err(StaleIndex::Rollback {
+                package: self.package.clone(),
+                got: self.generation,
+                got_latest: latest,
+                seen: s.generation,
+                seen_latest: s.latest,
+            });
+        }
+        let Some(expires) = self.expires_ms else {
+            return Ok(Freshness::Fresh);
+        };
+        if now_ms >= expires {
+            return Err(StaleIndex::Expired {
+                package: self.package.clone(),
+                ago_s: (now_ms - expires) / 1000,
+            });
+        }
+        let validity = expires.saturating_sub(self.signed_ms);
+        let left = expires - now_ms;
+        if left <= validity / 4 {
+            Ok(Freshness::ExpiresSoon {
+                left_s: left / 1000,
+            })
+        } else {
+            Ok(Freshness::Fresh)
+        }
+    }
+
+    /// What a receiver remembers of this index.
+    pub fn seen(&self) -> IndexSeen {
+        IndexSeen {
+            generation: self.generation,
+            latest: self.latest().map_or(0, |e| e.version),
+        }
+    }
 }
 
 /// One version in a package index.
@@ -551,6 +684,25 @@ pub fn open_index(bytes: &[u8], key: &VerifyingKey) -> Result<PackageIndex, Mani
     Ok(index)
 }
 
+/// Verifies and decodes a signed package index in either format: the DP
+/// reads an index written before generations as generation 0, never
+/// expiring (agents accept only the current format).
+pub fn open_index_any(bytes: &[u8], key: &VerifyingKey) -> Result<PackageIndex, ManifestError> {
+    if bytes.get(..8) == Some(&LEGACY_INDEX_MAGIC[..]) {
+        let old: LegacyIndex = open(LEGACY_INDEX_MAGIC, bytes, key)?;
+        let index = PackageIndex {
+            package: old.package,
+            generation: 0,
+            signed_ms: 0,
+            expires_ms: None,
+            versions: old.versions,
+        };
+        index.validate()?;
+        return Ok(index);
+    }
+    open_index(bytes, key)
+}
+
 impl PackageIndex {
     /// Checks that versions ascend and that manifest deltas start from
     /// earlier versions and are no larger than a signed document.
@@ -707,6 +859,82 @@ mod tests {
         let mut m = manifest();
         m.entries.remove(0);
         assert!(m.validate().is_err(), "file before its directory");
+    }
+
+    fn index(
+        generation: u64,
+        latest: u64,
+        signed_ms: u64,
+        expires_ms: Option<u64>,
+    ) -> PackageIndex {
+        let h = ContentHash::of(b"m");
+        PackageIndex {
+            package: PackageName::new("app").unwrap(),
+            generation,
+            signed_ms,
+            expires_ms,
+            versions: (1..=latest)
+                .map(|v| IndexEntry {
+                    version: v,
+                    manifest_hash: h,
+                    manifest_len: 10,
+                    published_ms: 0,
+                    files: 1,
+                    bytes: 1,
+                    manifest_zst_len: None,
+                    manifest_deltas: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_index_never_goes_back_and_expires() {
+        let seen = index(5, 3, 0, None).seen();
+        assert_eq!(
+            index(5, 3, 0, None).check_fresh(Some(seen), 0),
+            Ok(Freshness::Fresh)
+        );
+        assert_eq!(
+            index(6, 4, 0, None).check_fresh(Some(seen), 0),
+            Ok(Freshness::Fresh)
+        );
+        for older in [
+            index(4, 3, 0, None),
+            index(5, 2, 0, None),
+            index(9, 2, 0, None),
+        ] {
+            assert!(matches!(
+                older.check_fresh(Some(seen), 0),
+                Err(StaleIndex::Rollback { .. })
+            ));
+        }
+        let day = 86_400_000;
+        let i = index(1, 1, 0, Some(4 * day));
+        assert_eq!(i.check_fresh(None, day), Ok(Freshness::Fresh));
+        assert_eq!(
+            i.check_fresh(None, 3 * day + 1000),
+            Ok(Freshness::ExpiresSoon { left_s: 86_399 })
+        );
+        assert!(matches!(
+            i.check_fresh(None, 4 * day),
+            Err(StaleIndex::Expired { ago_s: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_legacy_index_reads_as_generation_zero() {
+        let k = key(3);
+        let new = index(0, 2, 0, None);
+        let legacy = LegacyIndex {
+            package: new.package.clone(),
+            versions: new.versions.clone(),
+        };
+        let sealed = seal(LEGACY_INDEX_MAGIC, &legacy, &k);
+        assert_eq!(open_index_any(&sealed, &k.verifying_key()).unwrap(), new);
+        assert!(open_index(&sealed, &k.verifying_key()).is_err());
+        let sealed = seal(INDEX_MAGIC, &new, &k);
+        assert_eq!(open_index_any(&sealed, &k.verifying_key()).unwrap(), new);
     }
 
     #[test]

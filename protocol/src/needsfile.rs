@@ -119,6 +119,9 @@ impl Span {
 
 /// Largest reference span of a frame (bounds a receiver's memory).
 pub const MAX_REFERENCE: u32 = 16 << 20;
+/// Raw bytes a frame may hold at most (a receiver decompresses a frame into
+/// memory): far above what the publisher makes, [`FRAME_TARGET`] plus one run.
+pub const MAX_FRAME_RAW: u64 = 64 << 20;
 /// Raw bytes a frame holds at least (whole runs; the last frame may hold less).
 pub const FRAME_TARGET: u64 = 2 << 20;
 /// Base bytes before and after the aligned position a reference spans.
@@ -288,7 +291,11 @@ impl NeedsFile {
                 if runs.iter().sum::<u64>() != u64::from(f.raw_len) {
                     return bad("decompressed length differs from its runs");
                 }
-                if f.offset != next_offset || f.offset + u64::from(f.len) > pack.len {
+                if u64::from(f.raw_len) > MAX_FRAME_RAW {
+                    return bad("larger than a frame may be");
+                }
+                let end_offset = f.offset.checked_add(u64::from(f.len));
+                if f.offset != next_offset || end_offset.is_none_or(|e| e > pack.len) {
                     return bad("outside the pack");
                 }
                 if let Some(r) = f.reference
@@ -301,7 +308,7 @@ impl NeedsFile {
                     return bad("reference outside the base");
                 }
                 next_run = end;
-                next_offset = f.offset + u64::from(f.len);
+                next_offset = end_offset.unwrap_or(u64::MAX);
             }
             if next_run != origin.len() {
                 return Err(NeedsFileError::Invalid(

@@ -48,8 +48,54 @@ impl SigHeader {
     pub fn level_range(&self, data_start: u64, level: usize) -> Option<Range<u64>> {
         let i = level.checked_sub(1)?;
         let len = *self.levels.get(i)?;
-        let start = data_start + self.levels[..i].iter().sum::<u64>();
-        Some(start..start + len)
+        let before = self
+            .levels
+            .get(..i)?
+            .iter()
+            .try_fold(0u64, |a, &l| a.checked_add(l))?;
+        let start = data_start.checked_add(before)?;
+        Some(start..start.checked_add(len)?)
+    }
+
+    /// Checks the header against what the signed manifest says of this
+    /// container (`sig`), the content (`content_len`) and the parameters
+    /// (`params`): a container whose header disagrees is not used, whatever
+    /// its bytes, and every level range it gives lies inside the container.
+    pub fn check_against(
+        &self,
+        data_start: u64,
+        sig: &crate::manifest::SigRef,
+        params: &LevelParams,
+        content_len: u64,
+    ) -> Result<(), SigStoreError> {
+        let bad = |what: String| Err(SigStoreError::Format(what));
+        if self.params != *params {
+            return bad("parameters other than the manifest's".into());
+        }
+        if self.content_len != content_len {
+            return bad(format!(
+                "describes {} bytes, the manifest {content_len}",
+                self.content_len
+            ));
+        }
+        if self.depth() != usize::from(sig.depth) {
+            return bad(format!(
+                "{} levels, the manifest {}",
+                self.depth(),
+                sig.depth
+            ));
+        }
+        let total = self
+            .levels
+            .iter()
+            .try_fold(data_start, |a, &l| a.checked_add(l));
+        if total != Some(sig.len) {
+            return bad(format!(
+                "levels end at {total:?}, the container is {} bytes",
+                sig.len
+            ));
+        }
+        Ok(())
     }
 
     /// Number of levels.
@@ -89,8 +135,14 @@ pub fn decode_header(prefix: &[u8]) -> Result<(SigHeader, u64), SigStoreError> {
         return Err(SigStoreError::Format(format!("header of {len} bytes")));
     }
     let body = prefix.get(12..12 + len).ok_or(SigStoreError::Incomplete)?;
-    let header: SigHeader =
-        postcard::from_bytes(body).map_err(|e| SigStoreError::Format(e.to_string()))?;
+    let (header, rest): (SigHeader, _) =
+        postcard::take_from_bytes(body).map_err(|e| SigStoreError::Format(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(SigStoreError::Format(format!(
+            "{} bytes after the header",
+            rest.len()
+        )));
+    }
     if header.levels.is_empty() || header.levels.len() > MAX_LEVELS {
         return Err(SigStoreError::Format(format!(
             "{} levels",
@@ -110,10 +162,13 @@ pub fn decode_header(prefix: &[u8]) -> Result<(SigHeader, u64), SigStoreError> {
 /// Decodes a whole container.
 pub fn decode(bytes: &[u8]) -> Result<(SigHeader, SignatureFiles), SigStoreError> {
     let (header, start) = decode_header(bytes)?;
-    let total = start + header.levels.iter().sum::<u64>();
-    if bytes.len() as u64 != total {
+    let total = header
+        .levels
+        .iter()
+        .try_fold(start, |a, &l| a.checked_add(l));
+    if total != Some(bytes.len() as u64) {
         return Err(SigStoreError::Format(format!(
-            "{} bytes, header says {total}",
+            "{} bytes, header says {total:?}",
             bytes.len()
         )));
     }
@@ -154,5 +209,46 @@ mod tests {
         assert_eq!(decode(&c).unwrap().1, files);
         assert_eq!(decode_header(&c[..5]), Err(SigStoreError::Incomplete));
         assert!(decode(&c[..c.len() - 1]).is_err());
+        // Checked against what a manifest says.
+        let sig = crate::manifest::SigRef {
+            len: c.len() as u64,
+            depth: h.depth() as u8,
+            hash: crate::ContentHash::of(&c),
+        };
+        let p = LevelParams::default();
+        let n = data.len() as u64;
+        assert!(h.check_against(start, &sig, &p, n).is_ok());
+        assert!(h.check_against(start, &sig, &p, n + 1).is_err());
+        let shallow = crate::manifest::SigRef { depth: 1, ..sig };
+        assert!(h.check_against(start, &shallow, &p, n).is_err());
+        let short = crate::manifest::SigRef {
+            len: sig.len - 1,
+            ..sig
+        };
+        assert!(h.check_against(start, &short, &p, n).is_err());
+        let mut other = p;
+        other.level1 = crate::rdc::Params::new(32, 1024).unwrap();
+        assert!(h.check_against(start, &sig, &other, n).is_err());
+    }
+
+    #[test]
+    fn hostile_level_sizes_do_not_overflow() {
+        let h = SigHeader {
+            params: LevelParams::default(),
+            content_len: 10,
+            levels: vec![u64::MAX - 10, 24, 24],
+        };
+        assert_eq!(h.level_range(100, 2), None);
+        assert_eq!(h.level_range(100, 3), None);
+        assert!(h.level_range(100, 1).is_none());
+        let sig = crate::manifest::SigRef {
+            len: 1000,
+            depth: 3,
+            hash: crate::ContentHash::EMPTY,
+        };
+        assert!(
+            h.check_against(100, &sig, &LevelParams::default(), 10)
+                .is_err()
+        );
     }
 }

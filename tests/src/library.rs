@@ -122,6 +122,18 @@ pub fn read_tree(dir: &Path) -> Tree {
     t
 }
 
+/// The tree `get --out` materialised in `dir`: [`read_tree`] without the
+/// record peerdelta keeps there of what it wrote (which must be present).
+pub fn read_out_tree(dir: &Path) -> Tree {
+    let mut t = read_tree(dir);
+    assert!(
+        t.remove(".peerdelta-tree").is_some(),
+        "{}: no record of what peerdelta wrote",
+        dir.display()
+    );
+    t
+}
+
 /// Asserts two trees are identical, naming the first difference.
 pub fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
     let gk: Vec<&String> = got.keys().collect();

@@ -51,9 +51,10 @@ pub fn transfer_options(agent: &AgentFile, name: &str) -> anyhow::Result<GetOpti
         version: None,
         out: None,
         link: false,
+        force: false,
         concurrency: agent.concurrency.clamp(1, 64),
         limits: RequestLimits {
-            max_ranges: 64,
+            max_ranges: peerdelta_protocol::fetchplan::MAX_RANGES_PER_REQUEST,
             max_bytes: agent.request_bytes.max(16 << 10),
         },
         progress: false,
@@ -103,7 +104,8 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
             agent: cfg.agent.clone(),
             get,
         })?;
-        let server = tokio::spawn(control::serve(d.clone(), control_addr));
+        let token = control::write_token(d.cache_root())?;
+        let server = tokio::spawn(control::serve(d.clone(), control_addr, token));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {

@@ -33,9 +33,16 @@ pub struct GetArgs {
     /// Cache directory (default: `cache` in the config file, else the user cache).
     #[arg(long, env = "PEERDELTA_CACHE")]
     cache: Option<PathBuf>,
-    /// Materialise the version into this directory (replacing it).
+    /// Materialise the version into this directory. peerdelta replaces only
+    /// what it wrote there itself; a non-empty directory it did not create
+    /// is refused (exit 2) unless --force.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// With --out: install into a directory peerdelta did not create (its
+    /// other files are kept, never overwritten), and replace files changed
+    /// since peerdelta wrote them.
+    #[arg(long, requires = "out")]
+    force: bool,
     /// Materialise with hard links into the cache instead of copies.
     #[arg(long)]
     link: bool,
@@ -79,11 +86,14 @@ pub struct GetArgs {
 }
 
 /// `peerdelta get` through the local daemon; `None` when no daemon answers.
+/// With `--out`, waits for the transfer and materialises the version from
+/// the daemon's cache here, as the user who ran `get`.
 fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
     use crate::subnet::control::{ControlClient, GetRequest};
     if a.standalone || a.dp.is_some() {
         return Ok(None);
     }
+    let cfg = ConfigFile::resolve(a.config.as_deref())?;
     let addr = super::agent::control_addr(a.control.as_deref(), a.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,13 +107,18 @@ fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
             }
             return Ok(None);
         }
+        let token_file = std::env::var_os("PEERDELTA_CONTROL_TOKEN").map(PathBuf::from);
+        let cache_dir = a.cache.clone().or(cfg.cache.clone());
+        let c = c
+            .with_token(token_file.as_deref(), cache_dir.as_deref())
+            .await?;
         let accepted = c
             .get(&GetRequest {
                 package: a.package.clone(),
                 version: a.version,
             })
             .await?;
-        if !a.wait {
+        if !a.wait && a.out.is_none() {
             if !a.quiet {
                 println!(
                     "{} v{}: transfer started by the agent daemon (peerdelta status shows it)",
@@ -116,6 +131,10 @@ fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
             let j = c.job(&accepted.package, accepted.version).await?;
             match j["phase"].as_str() {
                 Some("done") => {
+                    if let Some(out) = &a.out {
+                        let status = c.status().await?;
+                        materialize_from_daemon(a, &cfg, &status, &accepted, out)?;
+                    }
                     if a.json {
                         println!("{}", serde_json::to_string_pretty(&j)?);
                     } else if !a.quiet {
@@ -142,6 +161,50 @@ fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
             }
         }
     })
+}
+
+/// `--out` through the daemon: the version from the daemon's cache (its
+/// signed manifest checked against the DP key: `--dp-key`, the config's, or
+/// the one the daemon pins).
+fn materialize_from_daemon(
+    a: &GetArgs,
+    cfg: &ConfigFile,
+    status: &serde_json::Value,
+    accepted: &crate::subnet::control::GetAccepted,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let root = status["cache"]["root"]
+        .as_str()
+        .context("the daemon's status names no cache")?;
+    let key = match a.dp_key.as_deref().or(cfg.dp_key.as_deref()) {
+        Some(k) => crate::config::load_key(k)?,
+        None => crate::config::load_key(
+            status["dp_key"]
+                .as_str()
+                .context("the daemon's status names no DP key")?,
+        )?,
+    };
+    let package = PackageName::new(&accepted.package).map_err(|e| usage!("{e}"))?;
+    let cache = Cache::open(std::path::Path::new(root))
+        .with_context(|| format!("opening the daemon's cache {root}"))?;
+    let (m, _) = cache
+        .manifest(&package, accepted.version, &key)
+        .with_context(|| {
+            format!(
+                "reading {package} v{} from the daemon's cache",
+                accepted.version
+            )
+        })?;
+    crate::materialize::materialize(
+        &cache,
+        &m,
+        out,
+        crate::materialize::Options {
+            link: a.link,
+            force: a.force,
+        },
+    )?;
+    Ok(())
 }
 
 /// Hostname, for status reports.
@@ -180,9 +243,10 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
         version: a.version,
         out: a.out.clone(),
         link: a.link,
+        force: a.force,
         concurrency: a.concurrency as usize,
         limits: RequestLimits {
-            max_ranges: 64,
+            max_ranges: peerdelta_protocol::fetchplan::MAX_RANGES_PER_REQUEST,
             max_bytes: a.request_bytes.max(64 * 1024),
         },
         progress: !a.quiet && !a.json,

@@ -244,12 +244,50 @@ impl Library {
         let path = self.path(&layout::index(package));
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(
-                manifest::open_index(&bytes, key)
+                manifest::open_index_any(&bytes, key)
                     .with_context(|| format!("reading {}", path.display()))?,
             )),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+
+    /// Seconds a newly signed index stays valid (`private/index-valid-secs`,
+    /// set by `--index-valid-days`); `None`: indexes never expire (the default).
+    pub fn index_validity_secs(&self) -> anyhow::Result<Option<u64>> {
+        let path = self.private.join("index-valid-secs");
+        match fs::read_to_string(&path) {
+            Ok(t) => match t.trim().parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(d) => Ok(Some(d)),
+                Err(_) => bail!("{} does not hold a number of seconds", path.display()),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Sets the validity of indexes signed from now on (`None`: no expiry).
+    pub fn set_index_validity_secs(&self, secs: Option<u64>) -> anyhow::Result<()> {
+        crate::fsutil::write_atomic(
+            &self.private.join("index-valid-secs"),
+            format!("{}\n", secs.unwrap_or(0)).as_bytes(),
+        )
+    }
+
+    /// Signs `index` as the package's next generation (now, expiring after
+    /// the library's validity if it has one) and installs it atomically.
+    pub fn write_index(&self, index: &mut PackageIndex, key: &SigningKey) -> anyhow::Result<()> {
+        let now = crate::util::now_ms();
+        index.generation += 1;
+        index.signed_ms = now;
+        index.expires_ms = self
+            .index_validity_secs()?
+            .map(|d| now.saturating_add(d.saturating_mul(1000)));
+        self.write_replace(
+            &layout::index(&index.package),
+            &manifest::seal(manifest::INDEX_MAGIC, index, key),
+        )
     }
 
     /// The verified manifest of `package` version `version`, with its raw bytes.

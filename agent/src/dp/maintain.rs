@@ -5,7 +5,7 @@ use std::fs;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
-use peerdelta_protocol::manifest::EntryKind;
+use peerdelta_protocol::manifest::{EntryKind, PackageName};
 use peerdelta_protocol::publish::WINDOW;
 use peerdelta_protocol::{ContentHash, layout, needsfile};
 use serde::Serialize;
@@ -225,4 +225,47 @@ pub fn verify(
         }
     }
     Ok((versions, problems))
+}
+
+/// What `dp refresh-index` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshSummary {
+    /// Always "refresh_index".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Packages whose index was re-signed, with the new generation.
+    pub packages: Vec<(String, u64)>,
+    /// When the new indexes expire (ms since the Unix epoch), if they do.
+    pub expires_ms: Option<u64>,
+}
+
+/// Re-signs the index of `package` (or of every package) as a new
+/// generation, valid for the library's configured days from now: run it
+/// more often than that validity (from cron) so receivers never see an
+/// expired index from a DP that is alive.
+pub fn refresh_index(
+    lib: &Library,
+    key: &VerifyingKey,
+    package: Option<&PackageName>,
+) -> anyhow::Result<RefreshSummary> {
+    let signing = lib.signing_key()?;
+    let _lock = lib.lock()?;
+    let packages = match package {
+        Some(p) => vec![p.clone()],
+        None => lib.packages()?,
+    };
+    let mut out = RefreshSummary {
+        kind: "refresh_index",
+        packages: Vec::new(),
+        expires_ms: None,
+    };
+    for p in packages {
+        let Some(mut index) = lib.index(&p, key)? else {
+            anyhow::bail!(crate::usage!("package {p} has no index in the library"));
+        };
+        lib.write_index(&mut index, &signing)?;
+        out.expires_ms = index.expires_ms;
+        out.packages.push((p.to_string(), index.generation));
+    }
+    Ok(out)
 }

@@ -39,6 +39,43 @@ pub enum DpCommand {
     Prune(PruneArgs),
     /// Check every manifest and the files it names.
     Verify(VerifyArgs),
+    /// Re-sign package indexes as a new generation (run from cron more often
+    /// than --valid-days, so receivers see a frozen mirror, not a live DP, expire).
+    RefreshIndex(RefreshArgs),
+}
+
+/// How long new indexes stay valid.
+#[derive(Args, Debug, Clone)]
+pub struct ValidityArgs {
+    /// Receivers refuse an index this many days after it was signed (a
+    /// stale or frozen mirror is noticed); kept for later publishes and
+    /// refreshes. 0: indexes never expire (the default).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    index_valid_days: Option<u64>,
+}
+
+impl ValidityArgs {
+    fn apply(&self, lib: &Library) -> anyhow::Result<()> {
+        match self.index_valid_days {
+            Some(d) => lib.set_index_validity_secs((d > 0).then_some(d * 86_400)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Arguments of `dp refresh-index`.
+#[derive(Args, Debug)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    lib: LibArgs,
+    /// Only this package (default: every package).
+    #[arg(long)]
+    package: Option<String>,
+    #[command(flatten)]
+    validity: ValidityArgs,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the library is.
@@ -84,6 +121,8 @@ pub struct PublishArgs {
     /// compressed against the base; 0 disables packs.
     #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(i32).range(0..=22))]
     pack_level: i32,
+    #[command(flatten)]
+    validity: ValidityArgs,
 }
 
 /// Arguments of `dp serve`.
@@ -97,6 +136,53 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PEERDELTA_LOG_FORMAT")]
     log_format: LogFormat,
+    #[command(flatten)]
+    limits: ServeLimitArgs,
+}
+
+/// The bounds `dp serve` puts on clients (see `dp::serve::conn`).
+#[derive(Args, Debug)]
+pub struct ServeLimitArgs {
+    /// Connections at once; more are closed at once.
+    #[arg(long, default_value_t = 1024, env = "PEERDELTA_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Connections at once from one client address.
+    #[arg(long, default_value_t = 64, env = "PEERDELTA_MAX_CONNECTIONS_PER_CLIENT",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_client: u32,
+    /// Seconds a request header may take to arrive (also the keep-alive idle time).
+    #[arg(long, default_value_t = 20, env = "PEERDELTA_HEADER_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Seconds a client may leave a response unread before it is dropped.
+    #[arg(long, default_value_t = 60, env = "PEERDELTA_STALL_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    stall_timeout_secs: u64,
+    /// Status reports accepted per client address and minute (also the burst).
+    #[arg(long, default_value_t = 60, env = "PEERDELTA_STATUS_PER_MINUTE",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    status_per_minute: u32,
+    /// MiB of status log before it rotates (the log keeps one rotated file).
+    #[arg(long, default_value_t = 64, env = "PEERDELTA_STATUS_LOG_MIB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    status_log_mib: u64,
+}
+
+impl ServeLimitArgs {
+    fn limits(&self) -> serve::conn::ServeLimits {
+        use std::time::Duration;
+        serve::conn::ServeLimits {
+            max_connections: self.max_connections as usize,
+            max_connections_per_client: self.max_connections_per_client as usize,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.header_timeout_secs),
+            stall_timeout: Duration::from_secs(self.stall_timeout_secs),
+            status_per_minute: self.status_per_minute,
+            status_log_bytes: self.status_log_mib << 20,
+            ..Default::default()
+        }
+    }
 }
 
 /// Arguments of `dp status`.
@@ -107,7 +193,7 @@ pub struct StatusArgs {
     /// Only reports about this package.
     #[arg(long)]
     package: Option<String>,
-    /// JSON output (an array of reports).
+    /// JSON output (an array of reports, streamed).
     #[arg(long)]
     json: bool,
 }
@@ -176,6 +262,7 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
                 if a.quiet || a.json { "warn" } else { "info" },
             );
             let lib = a.lib.library();
+            a.validity.apply(&lib)?;
             let opts = publish::PublishOptions {
                 package: package(&a.package)?,
                 source: a.source.clone(),
@@ -214,62 +301,13 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(serve::serve(lib, a.listen))
+            rt.block_on(serve::serve(lib, a.listen, a.limits.limits()))
         }
         DpCommand::Status(a) => {
             let lib = a.lib.library();
             lib.check()?;
             let filter = a.package.as_deref().map(package).transpose()?;
-            let (reports, bad) = status::read_all(&lib)?;
-            let reports: Vec<_> = reports
-                .into_iter()
-                .filter(|r| filter.as_ref().is_none_or(|p| r.report.package == *p))
-                .collect();
-            if bad > 0 {
-                eprintln!("peerdelta: warning: {bad} unreadable lines in the status log");
-            }
-            let mut out = std::io::stdout().lock();
-            if a.json {
-                serde_json::to_writer_pretty(&mut out, &reports)?;
-                writeln!(out)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "{:<20} {:<20} {:<16} {:>7}  {:<13} details",
-                "received (UTC)", "agent", "package", "version", "event"
-            )?;
-            for r in &reports {
-                let details = match &r.report.event {
-                    peerdelta_protocol::status::StatusEvent::Completed {
-                        wan_bytes,
-                        lan_bytes,
-                        reused_bytes,
-                    } => {
-                        format!("wan {wan_bytes} B, lan {lan_bytes} B, reused {reused_bytes} B")
-                    }
-                    peerdelta_protocol::status::StatusEvent::HashFailure {
-                        content,
-                        source,
-                        detail,
-                    } => {
-                        format!("content {content} from {source}: {detail}")
-                    }
-                    peerdelta_protocol::status::StatusEvent::Held { versions } => {
-                        format!("holds {versions:?}")
-                    }
-                };
-                writeln!(
-                    out,
-                    "{:<20} {:<20} {:<16} {:>7}  {:<13} {details}",
-                    crate::util::utc(r.received_ms),
-                    r.report.agent,
-                    r.report.package,
-                    r.report.version,
-                    r.report.kind()
-                )?;
-            }
-            Ok(())
+            print_status(&lib, filter.as_ref(), a.json)
         }
         DpCommand::List(a) => {
             let lib = a.lib.library();
@@ -336,6 +374,28 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        DpCommand::RefreshIndex(a) => {
+            logging::init(LogFormat::Text, "warn");
+            let lib = a.lib.library();
+            let key = lib.public_key()?;
+            a.validity.apply(&lib)?;
+            let only = a.package.as_deref().map(package).transpose()?;
+            let s = maintain::refresh_index(&lib, &key, only.as_ref())?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                for (p, g) in &s.packages {
+                    println!(
+                        "{p}: index generation {g}, {}",
+                        s.expires_ms.map_or("never expires".to_owned(), |e| format!(
+                            "expires {}",
+                            crate::util::utc(e)
+                        ))
+                    );
+                }
+            }
+            Ok(())
+        }
         DpCommand::Verify(a) => {
             let lib = a.lib.library();
             let key = lib.public_key()?;
@@ -351,4 +411,73 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `dp status`: streams the report log, oldest first; fields from the
+/// network are printed with their control characters escaped.
+fn print_status(lib: &Library, filter: Option<&PackageName>, json: bool) -> anyhow::Result<()> {
+    use peerdelta_protocol::status::StatusEvent;
+    use status::escape_controls as esc;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    if json {
+        write!(out, "[")?;
+    } else {
+        writeln!(
+            out,
+            "{:<20} {:<20} {:<16} {:>7}  {:<13} details",
+            "received (UTC)", "agent", "package", "version", "event"
+        )?;
+    }
+    let stats = status::for_each(lib, |r| {
+        if filter.is_some_and(|p| r.report.package != *p) {
+            return Ok(());
+        }
+        if json {
+            write!(out, "{}\n  ", if first { "" } else { "," })?;
+            serde_json::to_writer(&mut out, &r)?;
+            first = false;
+            return Ok(());
+        }
+        let details = match &r.report.event {
+            StatusEvent::Completed {
+                wan_bytes,
+                lan_bytes,
+                reused_bytes,
+            } => format!("wan {wan_bytes} B, lan {lan_bytes} B, reused {reused_bytes} B"),
+            StatusEvent::HashFailure {
+                content,
+                source,
+                detail,
+            } => format!("content {content} from {}: {}", esc(source), esc(detail)),
+            StatusEvent::Held { versions } => format!("holds {versions:?}"),
+        };
+        writeln!(
+            out,
+            "{:<20} {:<20} {:<16} {:>7}  {:<13} {details}",
+            crate::util::utc(r.received_ms),
+            esc(&r.report.agent),
+            r.report.package,
+            r.report.version,
+            r.report.kind()
+        )?;
+        Ok(())
+    })?;
+    if json {
+        writeln!(out, "{}]", if first { "" } else { "\n" })?;
+    }
+    out.flush()?;
+    if stats.bad_lines > 0 {
+        eprintln!(
+            "peerdelta: warning: {} unreadable lines in the status log",
+            stats.bad_lines
+        );
+    }
+    if stats.dropped > 0 {
+        eprintln!(
+            "peerdelta: {} older reports were dropped when the status log rotated",
+            stats.dropped
+        );
+    }
+    Ok(())
 }

@@ -44,8 +44,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use ed25519_dalek::VerifyingKey;
 use peerdelta_protocol::manifest::{
-    self, Entry, EntryKind, FileEntry, INDEX_MAGIC, IndexEntry, MANIFEST_MAGIC, Manifest,
-    ManifestDelta, NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath, SigRef,
+    self, Entry, EntryKind, FileEntry, IndexEntry, MANIFEST_MAGIC, Manifest, ManifestDelta,
+    NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath, SigRef,
 };
 use peerdelta_protocol::needs::{Need, compare, summarize};
 use peerdelta_protocol::needsfile::{NeedsFile, Pack, PlannedRun};
@@ -505,20 +505,14 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     write_version(lib, &opts.package, version, &sealed, &extras)?;
     crate::fault::point("publish:after-version-dir");
     let entry = index_entry(lib, &manifest, &sealed)?;
-    let index = match index.as_mut() {
+    let mut index = match index.as_mut() {
         Some(i) => {
             i.versions.push(entry);
             i.clone()
         }
-        None => PackageIndex {
-            package: opts.package.clone(),
-            versions: vec![entry],
-        },
+        None => new_index(&opts.package, vec![entry]),
     };
-    lib.write_replace(
-        &layout::index(&opts.package),
-        &manifest::seal(INDEX_MAGIC, &index, &key),
-    )?;
+    lib.write_index(&mut index, &key)?;
     crate::fault::point("publish:after-index");
 
     let seconds = started.elapsed().as_secs_f64();
@@ -547,6 +541,17 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     };
     tracing::info!(package = %opts.package, version, new_bytes, needs = written, "published");
     Ok(summary)
+}
+
+/// The index of a package's first version (generation 0: signing makes it 1).
+fn new_index(package: &PackageName, versions: Vec<IndexEntry>) -> PackageIndex {
+    PackageIndex {
+        package: package.clone(),
+        generation: 0,
+        signed_ms: 0,
+        expires_ms: None,
+        versions,
+    }
 }
 
 /// Takes versions that were renamed into place but not indexed (a publish died
@@ -593,12 +598,7 @@ fn recover(
         let entry = index_entry(lib, &m, &bytes)?;
         match index.as_mut() {
             Some(i) => i.versions.push(entry),
-            None => {
-                index = Some(PackageIndex {
-                    package: package.clone(),
-                    versions: vec![entry],
-                })
-            }
+            None => index = Some(new_index(package, vec![entry])),
         }
         tracing::warn!(package = %package, version = v, "recovered a version a previous publish left out of the index");
         recovered.push(v);

@@ -1,11 +1,26 @@
 //! The daemon's loopback control API, and the client side the CLI uses.
 //!
 //! ```text
-//! POST /v1/get      {"package": "p", "version": 3}   start (or join) a transfer
+//! POST /v1/get      {"package": "p", "version": 3}   start (or join) a transfer (token)
 //! GET  /v1/jobs/{package}/{version}                   one transfer
 //! GET  /v1/status                                     peers, elections, transfers, cache
 //! GET  /metrics                                       Prometheus
 //! ```
+//!
+//! Loopback alone does not keep a web page out: a page the user opens can
+//! make the browser send requests to `127.0.0.1`, and with DNS rebinding
+//! read the answers. So:
+//!
+//! - every request must carry a `Host` naming the address the API listens
+//!   on (`127.0.0.1:7117`, or `localhost:7117`); anything else (a rebound
+//!   domain name) is answered 421;
+//! - state-changing calls need `Authorization: Bearer TOKEN`, the token being
+//!   32 random bytes the daemon writes at start (hex, mode 0600) to
+//!   `CACHE/control.token` ([`TOKEN_FILE`]): only the daemon's user (and
+//!   root) can read it. The CLI reads it from the cache it is configured
+//!   with, or from the path the daemon's status names, and sends it only if
+//!   the file holds exactly a token, so a fake daemon cannot make it send
+//!   the contents of another file.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +28,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use peerdelta_protocol::layout;
-use peerdelta_protocol::manifest::{self, PackageName};
+use peerdelta_protocol::manifest::PackageName;
 use serde::{Deserialize, Serialize};
 
 use super::Daemon;
@@ -65,14 +80,12 @@ async fn start_get(State(d): State<Arc<Daemon>>, Json(r): Json<GetRequest>) -> R
     .into_response()
 }
 
-/// The newest version in the DP's signed index.
+/// The newest version in the DP's signed index (rollback and freeze
+/// checked, as every index an agent reads).
 async fn newest(d: &Daemon, package: &PackageName) -> anyhow::Result<u64> {
-    let b = d
-        .client()
-        .get_bytes(&layout::index(package), 64 << 20)
+    let index = crate::get::fetch_index(d.client(), d.cache(), d.key(), package)
         .await
         .with_context(|| format!("reading the DP's index of {package}"))?;
-    let index = manifest::open_index(&b, d.key()).context("the DP's package index")?;
     index
         .latest()
         .map(|e| e.version)
@@ -98,12 +111,112 @@ async fn job(
     }
 }
 
-/// Serves the control API on `addr` (which must be a loopback address).
-pub async fn serve(d: Arc<Daemon>, addr: SocketAddr) -> anyhow::Result<()> {
+/// The token file's name in the cache.
+pub const TOKEN_FILE: &str = "control.token";
+
+/// Creates a new token file (mode 0600 from the start) in `dir`; returns the
+/// token.
+pub fn write_token(dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let token = peerdelta_protocol::hex::encode(&raw);
+    let path = dir.join(TOKEN_FILE);
+    let tmp = dir.join(format!("{TOKEN_FILE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    writeln!(f, "{token}")
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(token)
+}
+
+/// Reads a token file; `None` unless it holds exactly one token.
+pub fn read_token(path: &std::path::Path) -> Option<String> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    if !m.is_file() || m.len() > 65 {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let t = text.strip_suffix('\n').unwrap_or(&text);
+    (t.len() == 64
+        && t.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| t.to_owned())
+}
+
+/// What a request must show.
+#[derive(Clone)]
+struct Guard {
+    hosts: Arc<Vec<String>>,
+    token: Arc<String>,
+}
+
+/// Constant-time equality, so timing does not tell a token's prefix.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !g.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "the control API answers only to Host {}",
+                g.hosts.join(" or ")
+            ),
+        );
+    }
+    if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.trim().as_bytes(), g.token.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "this call needs the daemon's token (the file {TOKEN_FILE} in its cache, \
+                     readable by the daemon's user)"
+                ),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// Serves the control API on `addr` (which must be a loopback address);
+/// state-changing calls need `token`.
+pub async fn serve(d: Arc<Daemon>, addr: SocketAddr, token: String) -> anyhow::Result<()> {
     anyhow::ensure!(
         addr.ip().is_loopback(),
         crate::usage!("agent.control must be a loopback address, not {addr}")
     );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the control API to {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the control address")?;
+    let hosts = vec![bound.to_string(), format!("localhost:{}", bound.port())];
+    let g = Guard {
+        hosts: Arc::new(hosts),
+        token: Arc::new(token),
+    };
     let app = axum::Router::new()
         .route("/v1/get", post(start_get))
         .route("/v1/jobs/{package}/{version}", get(job))
@@ -115,11 +228,9 @@ pub async fn serve(d: Arc<Daemon>, addr: SocketAddr) -> anyhow::Result<()> {
             "/metrics",
             get(|State(d): State<Arc<Daemon>>| async move { d.metrics() }),
         )
-        .with_state(d);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the control API to {addr}"))?;
-    tracing::info!("control API on http://{addr}");
+        .with_state(d)
+        .layer(axum::middleware::from_fn_with_state(g, guard));
+    tracing::info!("control API on http://{bound}");
     axum::serve(listener, app)
         .await
         .context("serving the control API")
@@ -129,6 +240,7 @@ pub async fn serve(d: Arc<Daemon>, addr: SocketAddr) -> anyhow::Result<()> {
 pub struct ControlClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl ControlClient {
@@ -140,7 +252,43 @@ impl ControlClient {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            token: None,
         })
+    }
+
+    /// Finds the token for state-changing calls: the file `explicit` if
+    /// given, else `CACHE/control.token` of the configured cache, else the
+    /// file the daemon's status names. Errors say which file could not be
+    /// read.
+    pub async fn with_token(
+        mut self,
+        explicit: Option<&std::path::Path>,
+        cache: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let unreadable = |p: &std::path::Path| {
+            crate::usage!(
+                "cannot read the agent daemon's token from {}: run as the daemon's user, \
+                 or point PEERDELTA_CONTROL_TOKEN at a copy",
+                p.display()
+            )
+        };
+        if let Some(p) = explicit {
+            self.token = Some(read_token(p).ok_or_else(|| unreadable(p))?);
+            return Ok(self);
+        }
+        if let Some(t) = cache.and_then(|c| read_token(&c.join(TOKEN_FILE))) {
+            self.token = Some(t);
+            return Ok(self);
+        }
+        let s = self.status().await?;
+        let Some(p) = s["control_token_file"]
+            .as_str()
+            .map(std::path::PathBuf::from)
+        else {
+            anyhow::bail!("the agent daemon at {} names no token file", self.base);
+        };
+        self.token = Some(read_token(&p).ok_or_else(|| unreadable(&p))?);
+        Ok(self)
     }
 
     /// Whether a daemon answers.
@@ -173,10 +321,13 @@ impl ControlClient {
         serde_json::from_slice(&body).context("the daemon's answer is not what was expected")
     }
 
-    /// Starts a transfer.
+    /// Starts a transfer (needs the token: [`ControlClient::with_token`]).
     pub async fn get(&self, r: &GetRequest) -> anyhow::Result<GetAccepted> {
-        self.json(self.http.post(format!("{}/v1/get", self.base)).json(r))
-            .await
+        let mut req = self.http.post(format!("{}/v1/get", self.base)).json(r);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.json(req).await
     }
 
     /// One transfer.

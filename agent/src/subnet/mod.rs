@@ -149,10 +149,23 @@ fn identity(cache: &Cache) -> anyhow::Result<identity::Keypair> {
     }
     let k = identity::Keypair::generate_ed25519();
     let bytes = k.to_protobuf_encoding().context("encoding the agent key")?;
+    // Created 0600, never readable by others, not even between create and chmod.
     let tmp = cache.tmp_path("agent-key");
-    crate::dp::library::write_synced(&tmp, &bytes)?;
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    std::fs::rename(&tmp, &path)?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    crate::fsutil::sync_dir(cache.root())?;
     Ok(k)
 }
 
@@ -437,6 +450,8 @@ impl Daemon {
             "peers": views,
             "jobs": jobs,
             "cache": { "root": self.cache.root(), "versions": versions },
+            "control_token_file": self.cache.root().join(control::TOKEN_FILE),
+            "dp_key": peerdelta_protocol::hex::encode(self.key.as_bytes()),
             "wan_bytes": self.client.wan_bytes(),
             "lan_bytes_in": self.lan.bytes_in.load(Ordering::Relaxed),
             "lan_bytes_out": self.lan.bytes_out.load(Ordering::Relaxed),
@@ -514,6 +529,16 @@ impl Daemon {
     /// The DP client (the control API resolves "newest" with it).
     pub fn client(&self) -> &DpClient {
         &self.client
+    }
+
+    /// The cache directory.
+    pub fn cache_root(&self) -> &std::path::Path {
+        self.cache.root()
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// The DP key.

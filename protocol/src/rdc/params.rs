@@ -61,11 +61,30 @@ pub struct EdgeRules {
 ///
 /// Both ends of a transfer must use the same parameters; they are not carried in
 /// the signature file (MS-RDC 3.1.5.1), so peerdelta records them in manifests.
+/// Decoded parameters (from a manifest or a signature container) pass the
+/// same range checks as [`Params::new`]: toy values exist only in code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "ParamsOnWire")]
 pub struct Params {
     window: u32,
     horizon: u32,
     edges: EdgeRules,
+}
+
+/// [`Params`] as decoded, before its checks.
+#[derive(Deserialize)]
+struct ParamsOnWire {
+    window: u32,
+    horizon: u32,
+    edges: EdgeRules,
+}
+
+impl TryFrom<ParamsOnWire> for Params {
+    type Error = ParamError;
+
+    fn try_from(w: ParamsOnWire) -> Result<Self, ParamError> {
+        Ok(Params::new(w.window, w.horizon)?.with_edges(w.edges))
+    }
 }
 
 impl Params {
@@ -175,5 +194,19 @@ mod tests {
         assert!(Params::new_unchecked(0, 3).is_err());
         assert!(Params::new_unchecked(4, 0).is_err());
         assert_eq!(Params::new(48, 1024).unwrap(), Params::LEVEL1);
+    }
+
+    #[test]
+    fn decoding_checks_the_ranges() {
+        let ok = postcard::to_allocvec(&Params::LEVEL1).unwrap();
+        assert_eq!(postcard::from_bytes::<Params>(&ok).unwrap(), Params::LEVEL1);
+        for bad in [
+            Params::new_unchecked(4, 3).unwrap(),
+            Params::new_unchecked(1, 128).unwrap(),
+            Params::new_unchecked(48, 127).unwrap(),
+        ] {
+            let b = postcard::to_allocvec(&bad).unwrap();
+            assert!(postcard::from_bytes::<Params>(&b).is_err(), "{bad:?}");
+        }
     }
 }
