@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use peerdelta_protocol::byteranges;
 use peerdelta_protocol::fetchplan::RequestLimits;
 use peerdelta_protocol::governor::{Governor, GovernorConfig, Slot};
 use peerdelta_protocol::status::StatusReport;
@@ -374,10 +375,16 @@ impl DpClient {
                             .find_map(|p| p.trim().strip_prefix("boundary="))
                             .map(|s| s.trim_matches('"').to_owned())
                             .ok_or_else(|| garbage("multipart without a boundary".into()))?;
-                        parse_multipart(&body, &boundary).map_err(garbage)?
+                        let body = Bytes::from(body);
+                        byteranges::parse_multipart(&body, &boundary)
+                            .map_err(|e| garbage(e.to_string()))?
+                            .into_iter()
+                            .map(|(start, r)| (start, body.slice(r)))
+                            .collect::<Vec<_>>()
                     } else {
-                        let (start, _, _) = parse_content_range(crange.as_deref().unwrap_or(""))
-                            .ok_or_else(|| garbage("206 without Content-Range".into()))?;
+                        let (start, _, _) =
+                            byteranges::parse_content_range(crange.as_deref().unwrap_or(""))
+                                .ok_or_else(|| garbage("206 without Content-Range".into()))?;
                         vec![(start, Bytes::from(body))]
                     };
                     slice_parts(&parts, ranges).map_err(garbage)
@@ -438,61 +445,17 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// `bytes A-B/LEN` → (A, B, LEN).
-fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (ab, len) = rest.split_once('/')?;
-    let (a, b) = ab.split_once('-')?;
-    Some((
-        a.trim().parse().ok()?,
-        b.trim().parse().ok()?,
-        len.trim().parse().ok(),
-    ))
-}
-
-/// The parts of a multipart/byteranges body: (start offset, bytes).
-fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<(u64, Bytes)>, String> {
-    let delim = format!("--{boundary}");
-    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        let i = find(&body[pos..], delim.as_bytes())
-            .ok_or("multipart body without its closing boundary")?;
-        let after = pos + i + delim.len();
-        if body[after..].starts_with(b"--") {
-            return Ok(out);
-        }
-        let head_len = find(&body[after..], b"\r\n\r\n").ok_or("multipart part without headers")?;
-        let head = String::from_utf8_lossy(&body[after..after + head_len]).to_ascii_lowercase();
-        let range = head
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("content-range:"))
-            .ok_or("multipart part without Content-Range")?;
-        let (a, b, _) = parse_content_range(range).ok_or("bad Content-Range in a part")?;
-        if b < a {
-            return Err("bad Content-Range in a part".into());
-        }
-        let start = after + head_len + 4;
-        let end = start + (b - a + 1) as usize;
-        let data = body
-            .get(start..end)
-            .ok_or("multipart part shorter than its Content-Range")?;
-        out.push((a, Bytes::copy_from_slice(data)));
-        pos = end;
-    }
-}
-
-/// Cuts each wanted range out of the parts received.
+/// Cuts each wanted range out of the parts received (`(file offset, bytes)`,
+/// in any order, as a server may have merged them).
 fn slice_parts(parts: &[(u64, Bytes)], ranges: &[(u64, u64)]) -> Result<Vec<Bytes>, String> {
+    let spans: Vec<(u64, u64)> = parts.iter().map(|(s, b)| (*s, b.len() as u64)).collect();
     ranges
         .iter()
         .map(|&(o, l)| {
-            parts
-                .iter()
-                .find(|(s, b)| *s <= o && o + l <= s + b.len() as u64)
-                .map(|(s, b)| b.slice((o - s) as usize..(o - s + l) as usize))
-                .ok_or_else(|| format!("the answer lacks bytes {o}-{}", o + l - 1))
+            let (i, at) = byteranges::find_range(&spans, o, l)
+                .ok_or_else(|| format!("the answer lacks bytes {o}-{}", o.saturating_add(l) - 1))?;
+            let at = at as usize;
+            Ok(parts[i].1.slice(at..at + l as usize))
         })
         .collect()
 }
@@ -502,10 +465,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn multipart_and_slicing() {
-        let body = b"\r\n--XYZ\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 0-3/100\r\n\r\nabcd\r\n--XYZ\r\nContent-Range: bytes 10-14/100\r\n\r\nklmno\r\n--XYZ--\r\n";
-        let parts = parse_multipart(body, "XYZ").unwrap();
-        assert_eq!(parts.len(), 2);
+    fn slicing_finds_ranges_in_merged_parts() {
+        let parts = vec![
+            (10, Bytes::from_static(b"klmno")),
+            (0, Bytes::from_static(b"abcd")),
+        ];
         let got = slice_parts(&parts, &[(1, 2), (10, 5), (12, 1)]).unwrap();
         assert_eq!(
             got,
@@ -516,14 +480,6 @@ mod tests {
             ]
         );
         assert!(slice_parts(&parts, &[(4, 2)]).is_err());
-        assert!(
-            parse_multipart(b"--XYZ\r\nContent-Range: bytes 0-9/10\r\n\r\nshort", "XYZ").is_err()
-        );
-        assert_eq!(
-            parse_content_range("bytes 5-9/100"),
-            Some((5, 9, Some(100)))
-        );
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! The pure core of peerdelta: MS-RDC signatures ([`rdc`]), needs lists and
 //! rebuilding plans ([`needs`], [`needsfile`]), the signed manifest and index
-//! formats ([`manifest`]), the signature container ([`sigstore`]), and the
-//! publisher's decisions ([`publish`]).
+//! formats ([`manifest`]), the signature container ([`sigstore`]), the
+//! publisher's decisions ([`publish`]), HTTP byte ranges ([`byteranges`])
+//! and the transfer journal's format ([`journal`]).
 //!
 //! What this crate is **not**: it does no I/O, reads no clock, spawns no async
 //! tasks and uses no randomness it was not given. Inputs arrive as byte slices,
@@ -13,12 +14,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod byteranges;
 pub mod election;
 pub mod fetchplan;
 pub mod getplan;
 pub mod governor;
 pub mod hash;
 pub mod hex;
+pub mod journal;
 pub mod layout;
 pub mod manifest;
 pub mod needs;

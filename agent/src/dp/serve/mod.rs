@@ -8,7 +8,7 @@
 //!   (`multipart/byteranges`), which ServeDir answers with 416. Agents coalesce
 //!   many origin runs into one multi-range request on long-RTT links; the
 //!   rules that keep such a request from costing more than the file are in
-//!   [`ranges`].
+//!   [`peerdelta_protocol::byteranges`].
 //! - `POST /status`: receiver status reports, validated, size-limited,
 //!   rate-limited per client address, appended durably to a bounded,
 //!   rotating log in the private directory (`peerdelta dp status` lists them).
@@ -22,7 +22,6 @@
 //! the same way.
 
 pub mod conn;
-pub mod ranges;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +46,7 @@ use tower_http::services::ServeDir;
 use super::library::Library;
 use super::status::{AppendError, StatusStore};
 use conn::{Connections, RateLimit, ServeLimits, Stalling};
-use ranges::{Ranges, parse_ranges};
+use peerdelta_protocol::byteranges::{self as ranges, Ranges, parse_ranges};
 
 struct AppState {
     root: PathBuf,

@@ -1,5 +1,9 @@
-//! `Range` requests (RFC 9110 §14): parsing, and the rule that keeps a
-//! multi-range request from costing more than the file.
+//! HTTP byte ranges (RFC 9110 §14), both sides: how a DP answers a `Range`
+//! header (parsing, and the rule that keeps a multi-range request from
+//! costing more than the file), and how a receiver reads the answer
+//! (`Content-Range`, `multipart/byteranges`), whatever a server merged.
+//!
+//! # The server's rule
 //!
 //! A request for `bytes=0-,0-,…` once made the DP send the file once per
 //! range (the Apache CVE-2011-3192 pattern): 256 ranges of a 4 MiB content
@@ -16,14 +20,18 @@
 //!   single `206` instead.
 //!
 //! So a response body is never larger than the file plus the framing of the
-//! parts actually sent, and parts never repeat a byte. Clients find each
-//! range they asked for inside whatever parts come back (the agent's client
-//! does), as the RFC requires of them.
+//! parts actually sent, and parts never repeat a byte.
+//!
+//! # The client's side
+//!
+//! A client finds each range it asked for inside whatever parts come back
+//! ([`parse_multipart`], [`find_range`]), as the RFC requires of it: a
+//! server may merge ranges, answer one part, or ignore `Range`.
 
 /// Most ranges in one request; more is answered 416.
 pub const MAX_RANGES: usize = 1024;
 
-pub use peerdelta_protocol::fetchplan::MAX_RANGES_PER_REQUEST;
+pub use crate::fetchplan::MAX_RANGES_PER_REQUEST;
 
 // Far above what an agent sends.
 const _: () = assert!(MAX_RANGES_PER_REQUEST * 8 <= MAX_RANGES);
@@ -143,6 +151,84 @@ pub fn multipart_len(len: u64, ranges: &[(u64, u64)]) -> u64 {
         .map(|&(a, b)| part_head(&boundary, a, b, len).len() as u64 + (b - a + 1))
         .sum::<u64>()
         + tail(&boundary).len() as u64
+}
+
+/// `bytes A-B/LEN` (a `Content-Range` value) → `(A, B, LEN)`, `LEN` being
+/// `None` for `*`.
+pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (ab, len) = rest.split_once('/')?;
+    let (a, b) = ab.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    if b < a {
+        return None;
+    }
+    Some((a, b, len.trim().parse().ok()))
+}
+
+/// Why a `multipart/byteranges` body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("multipart answer: {0}")]
+pub struct MultipartError(pub &'static str);
+
+/// Most parts read from one answer (a server merging ranges sends fewer
+/// than were asked; one sending far more is refused).
+pub const MAX_PARTS: usize = 4 * MAX_RANGES;
+
+/// The parts of a `multipart/byteranges` body: for each, the file offset of
+/// its first byte and where its bytes are in `body`.
+pub fn parse_multipart(
+    body: &[u8],
+    boundary: &str,
+) -> Result<Vec<(u64, std::ops::Range<usize>)>, MultipartError> {
+    let delim = format!("--{boundary}");
+    if boundary.is_empty() || boundary.len() > 200 {
+        return Err(MultipartError("a boundary of 1-200 characters"));
+    }
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let rest = body.get(pos..).unwrap_or_default();
+        let i = find(rest, delim.as_bytes()).ok_or(MultipartError("no closing boundary"))?;
+        let after = pos + i + delim.len();
+        if body.get(after..).is_some_and(|b| b.starts_with(b"--")) {
+            return Ok(out);
+        }
+        if out.len() >= MAX_PARTS {
+            return Err(MultipartError("too many parts"));
+        }
+        let tail = body.get(after..).unwrap_or_default();
+        let head_len = find(tail, b"\r\n\r\n").ok_or(MultipartError("a part without headers"))?;
+        let head = String::from_utf8_lossy(&tail[..head_len]).to_ascii_lowercase();
+        let range = head
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("content-range:"))
+            .ok_or(MultipartError("a part without Content-Range"))?;
+        let (a, b, _) =
+            parse_content_range(range).ok_or(MultipartError("a bad Content-Range in a part"))?;
+        let start = after + head_len + 4;
+        let len = usize::try_from(b - a)
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .ok_or(MultipartError("a part larger than memory"))?;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= body.len())
+            .ok_or(MultipartError("a part shorter than its Content-Range"))?;
+        out.push((a, start..end));
+        pos = end;
+    }
+}
+
+/// Where bytes `offset..offset + len` of the file are among `parts`
+/// (`(file offset, length)` of each part, in any order): the part index and
+/// the offset inside it.
+pub fn find_range(parts: &[(u64, u64)], offset: u64, len: u64) -> Option<(usize, u64)> {
+    let end = offset.checked_add(len)?;
+    parts.iter().enumerate().find_map(|(i, &(s, l))| {
+        (s <= offset && s.checked_add(l).is_some_and(|e| end <= e)).then(|| (i, offset - s))
+    })
 }
 
 #[cfg(test)]
@@ -298,5 +384,37 @@ mod tests {
             };
             assert!(body <= len, "{header} on {len} bytes: {body}");
         }
+    }
+
+    #[test]
+    fn multipart_answers_are_read_whatever_was_merged() {
+        let body = b"\r\n--XYZ\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 0-3/100\r\n\r\nabcd\r\n--XYZ\r\nContent-Range: bytes 10-14/100\r\n\r\nklmno\r\n--XYZ--\r\n";
+        let parts = parse_multipart(body, "XYZ").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(&body[parts[1].1.clone()], b"klmno");
+        let spans: Vec<(u64, u64)> = parts.iter().map(|(s, r)| (*s, r.len() as u64)).collect();
+        assert_eq!(find_range(&spans, 1, 2), Some((0, 1)));
+        assert_eq!(find_range(&spans, 12, 3), Some((1, 2)));
+        assert_eq!(find_range(&spans, 4, 2), None);
+        assert_eq!(find_range(&spans, u64::MAX, 2), None);
+        for bad in [
+            &b"--XYZ\r\nContent-Range: bytes 0-9/10\r\n\r\nshort"[..],
+            b"--XYZ\r\nContent-Range: bytes 0-18446744073709551615/10\r\n\r\nx\r\n--XYZ--",
+            b"--XYZ\r\nContent-Range: bytes 9-0/10\r\n\r\nx\r\n--XYZ--",
+            b"--XYZ\r\n\r\nx",
+            b"",
+        ] {
+            assert!(
+                parse_multipart(bad, "XYZ").is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_content_range("bytes 5-9/100"),
+            Some((5, 9, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
+        assert_eq!(parse_content_range("bytes 9-5/*"), None);
     }
 }
