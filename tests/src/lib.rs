@@ -5,6 +5,7 @@
 //! executables (`target/<profile>/peerdelta`); the agent crate has an
 //! integration test, which makes cargo build it before any test runs.
 
+pub mod agents;
 pub mod fixtures;
 pub mod library;
 pub mod netns;
@@ -270,7 +271,10 @@ pub fn http(
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -223,6 +223,46 @@ fn transport(
     })
 }
 
+/// Whether a connection error is only "nobody listens there" (a peer that
+/// is down), not a failed handshake.
+fn refused(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("connection refused") || e.contains("os error 111")
+}
+
+/// What to suspect when a handshake fails.
+fn key_hint(has_psk: bool) -> &'static str {
+    if has_psk {
+        "the handshake failed: does the other side hold the same subnet key (agent.psk)? \
+         Agents without it, or with another, cannot connect"
+    } else {
+        "the handshake failed: the other side may use a subnet key (agent.psk) this agent \
+         does not have, or not be a peerdelta agent"
+    }
+}
+
+/// Keys (addresses, errors) already logged in the last minute; bounded.
+#[derive(Default)]
+struct Warned(HashMap<String, std::time::Instant>);
+
+impl Warned {
+    /// Whether `key` should be logged now (not logged in the last minute).
+    fn first(&mut self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        if self.0.len() > 1024 {
+            self.0
+                .retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        match self.0.get(key) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
+            _ => {
+                self.0.insert(key.to_owned(), now);
+                self.0.len() <= 4096
+            }
+        }
+    }
+}
+
 /// Starts the transport; incoming requests arrive on the returned channel.
 pub fn start(
     key: identity::Keypair,
@@ -271,6 +311,13 @@ pub fn start(
     };
     let handle = net.clone();
     let statics = cfg.peers.clone();
+    let has_psk = cfg.psk.is_some();
+    if let Some(k) = cfg.psk {
+        tracing::info!(
+            fingerprint = %pnet::PreSharedKey::new(k).fingerprint(),
+            "subnet key set (agent.psk): only agents holding it can connect"
+        );
+    }
     tokio::spawn(async move {
         let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>> =
             HashMap::new();
@@ -280,6 +327,9 @@ pub fn start(
         // once, so one failed dial must not lose it; redialed like statics.
         let mut found_by_mdns: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         let mut redial = tokio::time::interval(Duration::from_secs(3));
+        // Failed handshakes are logged once per address and minute (peers
+        // redial every few seconds).
+        let mut warned = Warned::default();
         // Range requests in progress (upload slots), until sent or failed.
         let mut ranges_in: std::collections::HashSet<request_response::InboundRequestId> =
             std::collections::HashSet::new();
@@ -350,10 +400,18 @@ pub fn start(
                         }
                     }
                     SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                        tracing::debug!(?peer_id, "connection failed: {error}");
+                        let text = error.to_string();
+                        if refused(&text) {
+                            tracing::debug!(?peer_id, "connection failed: {text}");
+                        } else if warned.first(&text) {
+                            tracing::warn!(?peer_id, "could not connect: {text}; {}", key_hint(has_psk));
+                        }
                     }
                     SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
-                        tracing::warn!("incoming connection from {send_back_addr} failed: {error} (a different subnet key or protocol?)");
+                        let who = send_back_addr.to_string();
+                        if warned.first(&who) {
+                            tracing::warn!("incoming connection from {who} failed: {error}; {}", key_hint(has_psk));
+                        }
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                         let links = handle.links();
