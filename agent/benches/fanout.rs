@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use peerdelta_agent::dp::library::Library;
-use peerdelta_agent::dp::publish::{PublishOptions, publish};
 use peerdelta_agent::local::{LocalDp, master_of, roll_out, start_branch, verify_caches};
-use peerdelta_agent::util::{cores, human_bytes};
+use peerdelta_dp::library::Library;
+use peerdelta_dp::publish::{PublishOptions, publish};
 use peerdelta_protocol::manifest::PackageName;
+use peerdelta_store::util::{cores, human_bytes};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())

@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use peerdelta_agent::dp::library::Library;
-use peerdelta_agent::dp::list::list_package;
-use peerdelta_agent::dp::publish::{PublishOptions, publish};
-use peerdelta_agent::util::{cores, human_bytes};
+use peerdelta_dp::library::Library;
+use peerdelta_dp::list::list_package;
+use peerdelta_dp::publish::{PublishOptions, publish};
 use peerdelta_protocol::manifest::PackageName;
 use peerdelta_protocol::rdc::{Chunker, Params, bench::sample_buffer};
+use peerdelta_store::util::{cores, human_bytes};
 
 fn corpus_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PEERDELTA_CORPUS") {

@@ -28,15 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
-use peerdelta_agent::cache::Cache;
-use peerdelta_agent::client::{DpClient, RetryPolicy};
-use peerdelta_agent::dp::library::Library;
-use peerdelta_agent::dp::publish::{PublishOptions, publish};
-use peerdelta_agent::get::{GetOptions, get};
-use peerdelta_agent::util::{cores, human_bytes};
+use peerdelta_branch::cache::Cache;
+use peerdelta_branch::client::{DpClient, RetryPolicy};
+use peerdelta_branch::get::{GetOptions, get};
+use peerdelta_dp::library::Library;
+use peerdelta_dp::publish::{PublishOptions, publish};
 use peerdelta_protocol::fetchplan::RequestLimits;
 use peerdelta_protocol::governor::GovernorConfig;
 use peerdelta_protocol::manifest::PackageName;
+use peerdelta_store::util::{cores, human_bytes};
 
 fn corpus_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PEERDELTA_CORPUS") {
@@ -331,9 +331,7 @@ async fn main() -> anyhow::Result<()> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let serve_lib = Library::at(&lib.root, None);
         tokio::spawn(async move {
-            if let Err(e) =
-                peerdelta_agent::dp::serve::serve(serve_lib, port, Default::default()).await
-            {
+            if let Err(e) = peerdelta_dp::serve::serve(serve_lib, port, Default::default()).await {
                 eprintln!("dp serve: {e:#}");
             }
         });

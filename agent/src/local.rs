@@ -11,11 +11,12 @@ use anyhow::{Context, bail};
 use ed25519_dalek::VerifyingKey;
 use peerdelta_protocol::manifest::PackageName;
 
-use crate::cache::Cache;
-use crate::client::{DpClient, RetryPolicy};
-use crate::config::{AgentFile, ConfigFile};
-use crate::dp::library::Library;
-use crate::subnet::{Daemon, DaemonConfig, JobView};
+use crate::config::ConfigFile;
+use peerdelta_branch::cache::Cache;
+use peerdelta_branch::client::{DpClient, RetryPolicy};
+use peerdelta_branch::settings::AgentFile;
+use peerdelta_branch::subnet::{Daemon, DaemonConfig, JobView};
+use peerdelta_dp::library::Library;
 
 /// A DP served on a loopback port until dropped.
 pub struct LocalDp {
@@ -33,9 +34,13 @@ impl LocalDp {
             .context("binding the DP's port")?;
         let url = format!("http://{}", listener.local_addr().context("DP address")?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::dp::serve::serve_on(lib.clone(), listener, async {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(peerdelta_dp::serve::serve_on(
+            lib.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let metrics = DpClient::new(
             &url,
             Default::default(),
@@ -115,7 +120,7 @@ pub async fn start_branch(
                 give_up_after: Duration::from_secs(30),
             },
         )?;
-        let mut get = crate::cmd::agent::transfer_options(&cfg, &name)?;
+        let mut get = peerdelta_branch::settings::transfer_options(&cfg, &name)?;
         get.report = false;
         agents.push(Daemon::start(DaemonConfig {
             name,

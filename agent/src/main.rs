@@ -8,7 +8,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use peerdelta_agent::{cmd, dp, usage};
+use peerdelta_agent::cmd;
+use peerdelta_store::usage;
 
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 the operation failed (missing or unreadable file, \
 verification failed, DP unreachable); 2 bad usage or configuration.";
@@ -37,7 +38,7 @@ enum Command {
     Cache(cmd::cache::CacheCommand),
     /// Distribution point: publish packages, serve them, read status reports.
     #[command(subcommand, after_help = EXIT_CODES)]
-    Dp(dp::DpCommand),
+    Dp(cmd::dp::DpCommand),
     /// MS-RDC tools: signatures, needs lists, rebuilding, benchmark.
     #[command(subcommand, after_help = EXIT_CODES)]
     Rdc(cmd::rdc::RdcCommand),
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
-        Command::Dp(c) => dp::run(c),
+        Command::Dp(c) => cmd::dp::run(c),
         Command::Get(a) => cmd::get::run(a),
         Command::Agent(c) => cmd::agent::run(c),
         Command::Status(a) => cmd::agent::status(a),

@@ -5,17 +5,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use peerdelta_protocol::fetchplan::RequestLimits;
-use peerdelta_protocol::manifest::PackageName;
 
-use crate::cache::Cache;
-use crate::client::{DpClient, RetryPolicy};
-use crate::config::{AgentFile, ConfigFile};
-use crate::get::GetOptions;
+use crate::config::ConfigFile;
 use crate::logging::{self, LogFormat};
-use crate::subnet::control::{self, ControlClient};
-use crate::subnet::{Daemon, DaemonConfig};
-use crate::usage;
+use peerdelta_branch::cache::Cache;
+use peerdelta_branch::client::{DpClient, RetryPolicy};
+use peerdelta_branch::subnet::control::{self, ControlClient};
+use peerdelta_branch::subnet::{Daemon, DaemonConfig};
+use peerdelta_store::usage;
 
 /// `peerdelta agent …`.
 #[derive(Subcommand, Debug)]
@@ -44,25 +41,6 @@ pub struct RunArgs {
     log_format: LogFormat,
 }
 
-/// The options of the daemon's transfers (package and version are set per transfer).
-pub fn transfer_options(agent: &AgentFile, name: &str) -> anyhow::Result<GetOptions> {
-    Ok(GetOptions {
-        package: PackageName::new("placeholder").map_err(|e| anyhow::anyhow!("{e}"))?,
-        version: None,
-        out: None,
-        link: false,
-        force: false,
-        concurrency: agent.concurrency.clamp(1, 64),
-        limits: RequestLimits {
-            max_ranges: peerdelta_protocol::fetchplan::MAX_RANGES_PER_REQUEST,
-            max_bytes: agent.request_bytes.max(16 << 10),
-        },
-        progress: false,
-        agent: name.to_owned(),
-        report: true,
-    })
-}
-
 /// Runs an `agent` subcommand.
 pub fn run(c: AgentCommand) -> anyhow::Result<()> {
     match c {
@@ -89,8 +67,12 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
         .control
         .parse()
         .map_err(|e| usage!("agent.control {:?}: {e}", cfg.agent.control))?;
-    let name = cfg.agent.name.clone().unwrap_or_else(super::get::host_name);
-    let get = transfer_options(&cfg.agent, &name)?;
+    let name = cfg
+        .agent
+        .name
+        .clone()
+        .unwrap_or_else(peerdelta_branch::settings::host_name);
+    let get = peerdelta_branch::settings::transfer_options(&cfg.agent, &name)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

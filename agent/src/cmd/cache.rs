@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::cache::Cache;
 use crate::config::{ConfigFile, default_cache_dir, load_key, parse_rate};
-use crate::usage;
-use crate::util::{human_bytes, utc};
+use peerdelta_branch::cache::Cache;
+use peerdelta_store::usage;
+use peerdelta_store::util::{human_bytes, utc};
 
 /// The `cache` subcommands.
 #[derive(Subcommand, Debug)]

@@ -12,9 +12,9 @@ use anyhow::Context;
 use clap::Args;
 use peerdelta_protocol::manifest::PackageName;
 
-use crate::dp::library::Library;
-use crate::dp::publish::{PublishOptions, publish};
 use crate::local::{LocalDp, master_of, roll_out, start_branch, verify_caches};
+use peerdelta_dp::library::Library;
+use peerdelta_dp::publish::{PublishOptions, publish};
 
 /// Arguments of `peerdelta demo`.
 #[derive(Args, Debug)]

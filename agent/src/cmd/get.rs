@@ -7,13 +7,13 @@ use clap::Args;
 use peerdelta_protocol::fetchplan::RequestLimits;
 use peerdelta_protocol::manifest::PackageName;
 
-use crate::cache::Cache;
-use crate::client::{DpClient, RetryPolicy};
 use crate::config::ConfigFile;
-use crate::get::{GetOptions, get};
 use crate::logging::{self, LogFormat};
-use crate::usage;
-use crate::util::human_bytes;
+use peerdelta_branch::cache::Cache;
+use peerdelta_branch::client::{DpClient, RetryPolicy};
+use peerdelta_branch::get::{GetOptions, get};
+use peerdelta_store::usage;
+use peerdelta_store::util::human_bytes;
 
 /// Arguments of `peerdelta get`.
 #[derive(Args, Debug)]
@@ -89,7 +89,7 @@ pub struct GetArgs {
 /// With `--out`, waits for the transfer and materialises the version from
 /// the daemon's cache here, as the user who ran `get`.
 fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
-    use crate::subnet::control::{ControlClient, GetRequest};
+    use peerdelta_branch::subnet::control::{ControlClient, GetRequest};
     if a.standalone || a.dp.is_some() {
         return Ok(None);
     }
@@ -170,7 +170,7 @@ fn materialize_from_daemon(
     a: &GetArgs,
     cfg: &ConfigFile,
     status: &serde_json::Value,
-    accepted: &crate::subnet::control::GetAccepted,
+    accepted: &peerdelta_branch::subnet::control::GetAccepted,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     let root = status["cache"]["root"]
@@ -195,25 +195,16 @@ fn materialize_from_daemon(
                 accepted.version
             )
         })?;
-    crate::materialize::materialize(
+    peerdelta_branch::materialize::materialize(
         &cache,
         &m,
         out,
-        crate::materialize::Options {
+        peerdelta_branch::materialize::Options {
             link: a.link,
             force: a.force,
         },
     )?;
     Ok(())
-}
-
-/// Hostname, for status reports.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "agent".into())
 }
 
 /// Runs `peerdelta get` against the DP directly.
@@ -250,7 +241,7 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
             max_bytes: a.request_bytes.max(64 * 1024),
         },
         progress: !a.quiet && !a.json,
-        agent: host_name(),
+        agent: peerdelta_branch::settings::host_name(),
         report: !a.no_report,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

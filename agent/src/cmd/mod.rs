@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod cache;
 pub mod demo;
+pub mod dp;
 pub mod get;
 pub mod rdc;

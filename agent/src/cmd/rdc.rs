@@ -12,9 +12,9 @@ use peerdelta_protocol::needs::{Need, SeedLevels, apply, recursive_needs, summar
 use peerdelta_protocol::rdc::{self, LevelParams, MAX_LEVELS, Params, depth_for};
 use serde::Serialize;
 
-use crate::fsutil::{AtomicFile, FileSource, write_atomic};
-pub use crate::signing::sign_file;
-use crate::usage;
+use peerdelta_store::fsutil::{AtomicFile, FileSource, write_atomic};
+pub use peerdelta_store::signing::sign_file;
+use peerdelta_store::usage;
 
 /// The `rdc` subcommands.
 #[derive(Subcommand, Debug)]

@@ -30,8 +30,8 @@ use tokio::sync::watch;
 
 use crate::cache::Cache;
 use crate::client::DpClient;
-use crate::config::AgentFile;
 use crate::get::{GetOptions, GetSummary};
+use crate::settings::AgentFile;
 use lan::{Lan, LanCounters};
 use net::{Incoming, Net, NetConfig};
 
@@ -165,13 +165,13 @@ fn identity(cache: &Cache) -> anyhow::Result<identity::Keypair> {
             .with_context(|| format!("writing {}", tmp.display()))?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
-    crate::fsutil::sync_dir(cache.root())?;
+    peerdelta_store::fsutil::sync_dir(cache.root())?;
     Ok(k)
 }
 
 fn parse_psk(s: &str) -> anyhow::Result<[u8; 32]> {
     peerdelta_protocol::hex::decode::<32>(s.trim())
-        .ok_or_else(|| crate::usage!("agent.psk must be 64 hex digits"))
+        .ok_or_else(|| peerdelta_store::usage!("agent.psk must be 64 hex digits"))
 }
 
 impl Daemon {
@@ -181,7 +181,7 @@ impl Daemon {
             v.iter()
                 .map(|a| {
                     a.parse::<Multiaddr>()
-                        .map_err(|e| crate::usage!("agent.{what}: {a}: {e}"))
+                        .map_err(|e| peerdelta_store::usage!("agent.{what}: {a}: {e}"))
                 })
                 .collect()
         };
@@ -314,7 +314,7 @@ impl Daemon {
             held,
             total,
             self.cfg.weight,
-            crate::fsutil::free_bytes(self.cache.root()).unwrap_or(0),
+            peerdelta_store::fsutil::free_bytes(self.cache.root()).unwrap_or(0),
         );
         (rank, held, total)
     }
@@ -864,7 +864,7 @@ fn answer(d: &Daemon, peer: PeerId, r: Request) -> Response {
             let mut buf = vec![0u8; len as usize];
             match File::open(&path).and_then(|f| f.read_exact_at(&mut buf, offset)) {
                 Ok(()) => {
-                    if crate::fault::active("serve-corrupt")
+                    if peerdelta_store::fault::active("serve-corrupt")
                         && let Some(b) = buf.get_mut(len as usize / 2)
                     {
                         *b ^= 0x5a;

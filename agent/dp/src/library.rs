@@ -20,8 +20,8 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use peerdelta_protocol::layout;
 use peerdelta_protocol::manifest::{self, Manifest, PackageIndex, PackageName};
 
-use crate::fsutil::{sync_dir, sync_filesystem};
-use crate::usage;
+use peerdelta_store::fsutil::{sync_dir, sync_filesystem};
+use peerdelta_store::usage;
 
 /// A library and its private directory.
 #[derive(Debug, Clone)]
@@ -229,7 +229,7 @@ impl Library {
         let dir = dest.parent().context("library path without a parent")?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = self.tmp_path("replace");
-        write_synced(&tmp, bytes)?;
+        peerdelta_store::fsutil::create_synced(&tmp, bytes)?;
         fs::rename(&tmp, &dest)
             .with_context(|| format!("moving {} to {}", tmp.display(), dest.display()))?;
         sync_dir(dir)
@@ -269,7 +269,7 @@ impl Library {
 
     /// Sets the validity of indexes signed from now on (`None`: no expiry).
     pub fn set_index_validity_secs(&self, secs: Option<u64>) -> anyhow::Result<()> {
-        crate::fsutil::write_atomic(
+        peerdelta_store::fsutil::write_atomic(
             &self.private.join("index-valid-secs"),
             format!("{}\n", secs.unwrap_or(0)).as_bytes(),
         )
@@ -278,7 +278,7 @@ impl Library {
     /// Signs `index` as the package's next generation (now, expiring after
     /// the library's validity if it has one) and installs it atomically.
     pub fn write_index(&self, index: &mut PackageIndex, key: &SigningKey) -> anyhow::Result<()> {
-        let now = crate::util::now_ms();
+        let now = peerdelta_store::util::now_ms();
         index.generation += 1;
         index.signed_ms = now;
         index.expires_ms = self
@@ -297,7 +297,7 @@ impl Library {
         version: u64,
         key: &VerifyingKey,
     ) -> anyhow::Result<(Manifest, Vec<u8>)> {
-        crate::cache::read_manifest(
+        peerdelta_store::manifest_file::read_verified(
             &self.path(&layout::manifest(package, version)),
             key,
             package,
@@ -398,7 +398,7 @@ impl<'a> Staging<'a> {
             fs::rename(tmp, &dest)
                 .with_context(|| format!("moving {} to {}", tmp.display(), dest.display()))?;
             if k == 0 {
-                crate::fault::point("publish:mid-install");
+                peerdelta_store::fault::point("publish:mid-install");
             }
         }
         Ok(())
@@ -413,14 +413,6 @@ impl Drop for Staging<'_> {
             let _ = fs::remove_file(tmp);
         }
     }
-}
-
-/// Writes and fsyncs a new file.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

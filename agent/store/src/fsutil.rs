@@ -130,7 +130,19 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Creates `path` (a new file) with `bytes`, fsynced: the first step of a
+/// write that is checked or batched before it is moved into place. To
+/// replace a file atomically, use [`write_atomic`].
+pub fn create_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Replaces `path` with `bytes` atomically and durably (a temporary file
+/// beside it, fsynced, renamed over it, the directory fsynced): the one
+/// helper for durable replacement.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut f = AtomicFile::create(path)?;
     f.write_all(bytes)

@@ -149,7 +149,7 @@ pub fn verify(
                     .ok()
                     .filter(|z| z.len() as u64 == len)
                     .and_then(|z| {
-                        crate::pack::decompress(&z, reference.as_deref(), raw.len()).ok()
+                        peerdelta_store::pack::decompress(&z, reference.as_deref(), raw.len()).ok()
                     });
                 if ok.as_deref() != Some(&raw[..]) {
                     report(format!("{rel} does not give the manifest back"));
@@ -198,8 +198,8 @@ pub fn verify(
                             size.unwrap_or(0)
                         )),
                         Ok(_) if full && hash.is_some() => {
-                            match crate::fsutil::FileSource::open(&path)
-                                .and_then(|f| f.hash(crate::util::cores()))
+                            match peerdelta_store::fsutil::FileSource::open(&path)
+                                .and_then(|f| f.hash(peerdelta_store::util::cores()))
                             {
                                 Ok(h) if Some(h) == hash => {
                                     if rel.starts_with("needs/")
@@ -261,7 +261,9 @@ pub fn refresh_index(
     };
     for p in packages {
         let Some(mut index) = lib.index(&p, key)? else {
-            anyhow::bail!(crate::usage!("package {p} has no index in the library"));
+            anyhow::bail!(peerdelta_store::usage!(
+                "package {p} has no index in the library"
+            ));
         };
         lib.write_index(&mut index, &signing)?;
         out.expires_ms = index.expires_ms;

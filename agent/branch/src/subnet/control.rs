@@ -204,7 +204,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 pub async fn serve(d: Arc<Daemon>, addr: SocketAddr, token: String) -> anyhow::Result<()> {
     anyhow::ensure!(
         addr.ip().is_loopback(),
-        crate::usage!("agent.control must be a loopback address, not {addr}")
+        peerdelta_store::usage!("agent.control must be a loopback address, not {addr}")
     );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -266,7 +266,7 @@ impl ControlClient {
         cache: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         let unreadable = |p: &std::path::Path| {
-            crate::usage!(
+            peerdelta_store::usage!(
                 "cannot read the agent daemon's token from {}: run as the daemon's user, \
                  or point PEERDELTA_CONTROL_TOKEN at a copy",
                 p.display()

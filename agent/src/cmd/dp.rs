@@ -1,11 +1,4 @@
-//! The distribution point: `peerdelta dp …`.
-
-pub mod library;
-pub mod list;
-pub mod maintain;
-pub mod publish;
-pub mod serve;
-pub mod status;
+//! `peerdelta dp …`: the distribution point's commands.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,9 +9,10 @@ use clap::{Args, Subcommand};
 use peerdelta_protocol::manifest::PackageName;
 
 use crate::logging::{self, LogFormat};
-use crate::usage;
-use crate::util::{cores, human_bytes};
-use library::Library;
+use peerdelta_dp::library::Library;
+use peerdelta_dp::{list, maintain, publish, serve, status};
+use peerdelta_store::usage;
+use peerdelta_store::util::{cores, human_bytes};
 
 /// The `dp` subcommands.
 #[derive(Subcommand, Debug)]
@@ -389,7 +383,7 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
                         "{p}: index generation {g}, {}",
                         s.expires_ms.map_or("never expires".to_owned(), |e| format!(
                             "expires {}",
-                            crate::util::utc(e)
+                            peerdelta_store::util::utc(e)
                         ))
                     );
                 }
@@ -455,7 +449,7 @@ fn print_status(lib: &Library, filter: Option<&PackageName>, json: bool) -> anyh
         writeln!(
             out,
             "{:<20} {:<20} {:<16} {:>7}  {:<13} {details}",
-            crate::util::utc(r.received_ms),
+            peerdelta_store::util::utc(r.received_ms),
             esc(&r.report.agent),
             r.report.package,
             r.report.version,

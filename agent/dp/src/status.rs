@@ -20,7 +20,7 @@ use peerdelta_protocol::status::StatusReport;
 use serde::{Deserialize, Serialize};
 
 use super::library::Library;
-use crate::util::now_ms;
+use peerdelta_store::util::now_ms;
 
 /// The current log file's name.
 const CURRENT: &str = "reports.jsonl";
@@ -104,7 +104,7 @@ impl StatusStore {
 
     /// Appends one report durably, rotating the log first if it is full.
     pub fn append(&self, report: &StatusReport, remote: &str) -> Result<(), AppendError> {
-        if let Some(free) = crate::fsutil::free_bytes(&self.dir)
+        if let Some(free) = peerdelta_store::fsutil::free_bytes(&self.dir)
             && free < self.min_free
         {
             return Err(AppendError::LowSpace { free });
@@ -136,7 +136,10 @@ impl StatusStore {
         let (current, rotated) = (self.dir.join(CURRENT), self.dir.join(ROTATED));
         let lost = count_lines(&rotated)?;
         let dropped = self.dropped() + lost;
-        crate::fsutil::write_atomic(&self.dir.join(DROPPED), dropped.to_string().as_bytes())?;
+        peerdelta_store::fsutil::write_atomic(
+            &self.dir.join(DROPPED),
+            dropped.to_string().as_bytes(),
+        )?;
         std::fs::rename(&current, &rotated)
             .with_context(|| format!("rotating {}", current.display()))?;
         log.file = OpenOptions::new()
@@ -144,7 +147,7 @@ impl StatusStore {
             .append(true)
             .open(&current)
             .with_context(|| format!("opening {}", current.display()))?;
-        crate::fsutil::sync_dir(&self.dir)?;
+        peerdelta_store::fsutil::sync_dir(&self.dir)?;
         self.dropped.store(dropped, Ordering::Relaxed);
         tracing::info!(
             dropped = lost,

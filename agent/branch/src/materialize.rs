@@ -37,8 +37,8 @@ use peerdelta_protocol::manifest::{EntryKind, Manifest};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
-use crate::fsutil::sync_dir;
-use crate::usage;
+use peerdelta_store::fsutil::sync_dir;
+use peerdelta_store::usage;
 
 /// The record of what peerdelta wrote, at the top of the tree.
 pub const RECORD: &str = ".peerdelta-tree";
@@ -212,7 +212,7 @@ pub fn materialize(
         .to_str()
         .context("--out needs a UTF-8 directory name")?
         .to_owned();
-    let parent = crate::fsutil::parent_dir(out);
+    let parent = peerdelta_store::fsutil::parent_dir(out);
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".{name}.peerdelta-new"));
     let aside = parent.join(format!(".{name}.peerdelta-old"));
@@ -370,7 +370,7 @@ pub fn materialize(
         written,
     };
     let rec_path = staging.join(RECORD);
-    crate::dp::library::write_synced(&rec_path, &serde_json::to_vec(&record)?)?;
+    peerdelta_store::fsutil::create_synced(&rec_path, &serde_json::to_vec(&record)?)?;
     // Directory modes last, deepest first, so read-only ones do not block
     // writes; every directory fsynced so the tree is durable before the swap.
     for (d, mode) in dirs.iter().rev() {
@@ -379,7 +379,7 @@ pub fn materialize(
             .with_context(|| format!("setting the mode of {}", d.display()))?;
     }
     sync_dir(&staging)?;
-    crate::fault::point("materialize-before-swap");
+    peerdelta_store::fault::point("materialize-before-swap");
 
     // The swap.
     if fs::symlink_metadata(out).is_err() {
@@ -388,7 +388,7 @@ pub fn materialize(
         sync_dir(&parent)?;
         return Ok(report);
     }
-    let swapped = if crate::fault::active("materialize-no-exchange") {
+    let swapped = if peerdelta_store::fault::active("materialize-no-exchange") {
         Err(std::io::Error::from_raw_os_error(libc::EINVAL))
     } else {
         exchange(&staging, out)
@@ -409,7 +409,7 @@ pub fn materialize(
             fs::rename(out, &aside)
                 .with_context(|| format!("moving the old {} aside", out.display()))?;
             sync_dir(&parent)?;
-            crate::fault::point("materialize-between-renames");
+            peerdelta_store::fault::point("materialize-between-renames");
             fs::rename(&staging, out)
                 .with_context(|| format!("moving {} into place", out.display()))?;
             sync_dir(&parent)?;
@@ -419,7 +419,7 @@ pub fn materialize(
             return Err(e).with_context(|| format!("swapping {} into place", out.display()));
         }
     };
-    crate::fault::point("materialize-after-swap");
+    peerdelta_store::fault::point("materialize-after-swap");
     clear_old(&old, out)?;
     Ok(report)
 }
@@ -556,7 +556,7 @@ fn clear_old(old: &Path, out: &Path) -> anyhow::Result<()> {
             "{}.kept-{}",
             old.file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            crate::util::now_ms()
+            peerdelta_store::util::now_ms()
         ));
         let _ = fs::rename(old, &keep);
         tracing::warn!(

@@ -56,12 +56,13 @@ use peerdelta_protocol::rdc::{
 use peerdelta_protocol::{ContentHash, layout, needsfile, sigstore};
 use serde::Serialize;
 
-use super::library::{Library, Staging, write_synced};
-use crate::fsutil::{
+use super::library::{Library, Staging};
+use peerdelta_store::fsutil::create_synced;
+use peerdelta_store::fsutil::{
     FileSource, GrowingFile, drop_written, start_writeback, sync_dir, write_sparse,
 };
-use crate::progress::Progress;
-use crate::util::{now_ms, par_map};
+use peerdelta_store::progress::Progress;
+use peerdelta_store::util::{now_ms, par_map};
 
 /// A large copy starts going to disk every this many bytes.
 const WRITEBACK: u64 = 16 << 20;
@@ -487,7 +488,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         .validate()
         .context("the new manifest is inconsistent")?;
     let sealed = manifest::seal(MANIFEST_MAGIC, &manifest, &key);
-    crate::fault::point("publish:before-version-dir");
+    peerdelta_store::fault::point("publish:before-version-dir");
     let previous: Vec<u64> = index
         .as_ref()
         .map(|i| {
@@ -503,7 +504,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     // Every file the manifest names is in place; make that durable first.
     lib.sync()?;
     write_version(lib, &opts.package, version, &sealed, &extras)?;
-    crate::fault::point("publish:after-version-dir");
+    peerdelta_store::fault::point("publish:after-version-dir");
     let entry = index_entry(lib, &manifest, &sealed)?;
     let mut index = match index.as_mut() {
         Some(i) => {
@@ -513,7 +514,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         None => new_index(&opts.package, vec![entry]),
     };
     lib.write_index(&mut index, &key)?;
-    crate::fault::point("publish:after-index");
+    peerdelta_store::fault::point("publish:after-index");
 
     let seconds = started.elapsed().as_secs_f64();
     let summary = PublishSummary {
@@ -843,7 +844,7 @@ fn store_content(
                 return Err(changed());
             }
             fs::write(&tmp, &raw).with_context(|| format!("writing {}", tmp.display()))?;
-            let files = crate::signing::signature_levels(&raw[..], params, 1)?;
+            let files = peerdelta_store::signing::signature_levels(&raw[..], params, 1)?;
             (files, Some(raw), Vec::new(), digest)
         } else {
             let copy = copy_signing(&mut input, src, &tmp, size, params, threads)?;
@@ -945,7 +946,7 @@ fn copy_signing(
     );
     let lag = drop_lag(threads);
     std::thread::scope(|s| {
-        let signer = s.spawn(|| crate::signing::signature_levels(&copy, params, threads));
+        let signer = s.spawn(|| peerdelta_store::signing::signature_levels(&copy, params, threads));
         // The copy loop reads and writes one run at a time; a thread beside
         // it hashes what was written, whole and per run, and hands the
         // buffers back.
@@ -1173,7 +1174,7 @@ where
         return Ok(None);
     }
     let tmp = staging.library().tmp_path("pack");
-    let pack = crate::pack::build(nf, content, base, &tmp, level, threads)?;
+    let pack = peerdelta_store::pack::build(nf, content, base, &tmp, level, threads)?;
     if pack.is_some() {
         staging.add(tmp, layout::pack(&nf.base, &nf.target));
     }
@@ -1578,12 +1579,12 @@ fn manifest_extras(
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let mut out = vec![(
         "manifest.zst".to_owned(),
-        crate::pack::compress(sealed, None, MANIFEST_LEVEL)?,
+        peerdelta_store::pack::compress(sealed, None, MANIFEST_LEVEL)?,
     )];
     for &v in previous {
         let path = lib.path(&layout::manifest(package, v));
         let old = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let delta = crate::pack::compress(sealed, Some(&old), MANIFEST_LEVEL)?;
+        let delta = peerdelta_store::pack::compress(sealed, Some(&old), MANIFEST_LEVEL)?;
         out.push((format!("manifest.from-{v}"), delta));
     }
     Ok(out)
@@ -1635,9 +1636,9 @@ fn write_version(
 ) -> anyhow::Result<()> {
     let tmp = lib.tmp_path("version");
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    write_synced(&tmp.join("manifest"), sealed)?;
+    create_synced(&tmp.join("manifest"), sealed)?;
     for (name, bytes) in extras {
-        write_synced(&tmp.join(name), bytes)?;
+        create_synced(&tmp.join(name), bytes)?;
     }
     sync_dir(&tmp)?;
     let parent = lib.path(&format!("packages/{package}"));
@@ -1725,7 +1726,7 @@ mod tests {
             .collect();
         assert_eq!(copy.runs, runs);
         assert_eq!(fs::read(&tmp).unwrap(), data);
-        let signed = crate::signing::signature_levels(&data[..], params, 1).unwrap();
+        let signed = peerdelta_store::signing::signature_levels(&data[..], params, 1).unwrap();
         assert_eq!(copy.files.files, signed.files);
         // Scanned longer (it shrank since) or shorter (it grew).
         for (size, what) in [(len + 1, "changed while"), (len - 1, "grew while")] {

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -29,74 +29,14 @@ use peerdelta_protocol::ContentHash;
 use peerdelta_protocol::manifest::{self, Manifest, PackageName};
 use serde::Serialize;
 
-use crate::fsutil::sync_dir;
+use peerdelta_store::content::{ContentStore, VerifiedContent, hash_reader};
+use peerdelta_store::fsutil::sync_dir;
 
 /// The cache.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
-}
-
-/// A file whose BLAKE3 was just checked; [`Cache::insert`] accepts nothing else.
-#[derive(Debug)]
-pub struct VerifiedContent {
-    path: PathBuf,
-    hash: ContentHash,
-}
-
-impl VerifiedContent {
-    /// The verified hash.
-    pub fn hash(&self) -> ContentHash {
-        self.hash
-    }
-}
-
-/// Why a file failed verification.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: BLAKE3 {actual}, expected {expected}")]
-pub struct HashMismatch {
-    /// The file.
-    pub path: String,
-    /// Expected hash.
-    pub expected: ContentHash,
-    /// Hash found.
-    pub actual: ContentHash,
-}
-
-/// Hashes `path` (fsynced first) and checks it against `expected`.
-pub fn verify_file(path: &Path, expected: &ContentHash) -> anyhow::Result<VerifiedContent> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
-    let (actual, _) = hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
-    if actual != *expected {
-        return Err(HashMismatch {
-            path: path.display().to_string(),
-            expected: *expected,
-            actual,
-        }
-        .into());
-    }
-    Ok(VerifiedContent {
-        path: path.to_owned(),
-        hash: actual,
-    })
-}
-
-/// BLAKE3 and length of everything `r` yields.
-pub fn hash_reader(mut r: impl Read) -> std::io::Result<(ContentHash, u64)> {
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((h.finalize().into(), len))
+    contents: ContentStore,
 }
 
 /// One version in the cache.
@@ -170,7 +110,7 @@ impl Cache {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let tmp = self.tmp_path("library");
-        crate::dp::library::write_synced(&tmp, bytes)?;
+        peerdelta_store::fsutil::create_synced(&tmp, bytes)?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
     }
 
@@ -195,7 +135,10 @@ impl Cache {
         }
         let dir = self.root.join("indexes");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::fsutil::write_atomic(&dir.join(package.as_str()), &serde_json::to_vec(&seen)?)
+        peerdelta_store::fsutil::write_atomic(
+            &dir.join(package.as_str()),
+            &serde_json::to_vec(&seen)?,
+        )
     }
 
     /// Opens (creating) the cache at `root`.
@@ -206,6 +149,7 @@ impl Cache {
         }
         Ok(Cache {
             root: root.to_owned(),
+            contents: ContentStore::new(&root.join("content")),
         })
     }
 
@@ -216,12 +160,12 @@ impl Cache {
 
     /// Where a content is (or would be).
     pub fn content_path(&self, h: &ContentHash) -> PathBuf {
-        self.root.join("content").join(h.shard()).join(h.to_hex())
+        self.contents.path(h)
     }
 
     /// Whether a content is present.
     pub fn has(&self, h: &ContentHash) -> bool {
-        self.content_path(h).is_file()
+        self.contents.has(h)
     }
 
     /// A new temporary path.
@@ -240,26 +184,17 @@ impl Cache {
 
     /// Records a verified content (moving the file in).
     pub fn insert(&self, v: VerifiedContent) -> anyhow::Result<PathBuf> {
-        let dest = self.content_path(&v.hash);
-        let dir = dest.parent().context("content path without parent")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        if dest.exists() {
-            let _ = fs::remove_file(&v.path);
-        } else {
-            fs::rename(&v.path, &dest)
-                .with_context(|| format!("moving {} into the cache", v.path.display()))?;
-            sync_dir(dir)?;
-        }
-        Ok(dest)
+        self.contents.insert(v)
     }
 
     /// Moves a damaged content out of the cache.
     pub fn quarantine(&self, h: &ContentHash, why: &str) -> anyhow::Result<()> {
         let src = self.content_path(h);
-        let dest =
-            self.root
-                .join("quarantine")
-                .join(format!("{}.{}", h.to_hex(), crate::util::now_ms()));
+        let dest = self.root.join("quarantine").join(format!(
+            "{}.{}",
+            h.to_hex(),
+            peerdelta_store::util::now_ms()
+        ));
         match fs::rename(&src, &dest) {
             Ok(()) => {
                 tracing::warn!(content = %h, "quarantined a damaged content: {why}");
@@ -286,7 +221,7 @@ impl Cache {
         let mut locks = vec![self.use_version(&m.package, m.version)?];
         let dir = self.version_dir(&m.package, m.version);
         let tmp = self.tmp_path("pending");
-        crate::dp::library::write_synced(&tmp, signed)?;
+        peerdelta_store::fsutil::create_synced(&tmp, signed)?;
         fs::rename(&tmp, dir.join("pending"))
             .with_context(|| format!("recording {} as pending", dir.display()))?;
         for v in self.versions_of(&m.package) {
@@ -327,7 +262,7 @@ impl Cache {
         let dir = self.version_dir(&m.package, m.version);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = self.tmp_path("manifest");
-        crate::dp::library::write_synced(&tmp, signed)?;
+        peerdelta_store::fsutil::create_synced(&tmp, signed)?;
         fs::rename(&tmp, dir.join("manifest"))
             .with_context(|| format!("recording {}", dir.display()))?;
         let _ = fs::remove_file(dir.join("pending"));
@@ -371,7 +306,7 @@ impl Cache {
     /// Marks a version as just used.
     pub fn touch(&self, package: &PackageName, version: u64) {
         let p = self.version_dir(package, version).join("used");
-        let _ = fs::write(&p, crate::util::now_ms().to_string());
+        let _ = fs::write(&p, peerdelta_store::util::now_ms().to_string());
     }
 
     fn last_used(&self, package: &PackageName, version: u64) -> u64 {
@@ -414,7 +349,7 @@ impl Cache {
         version: u64,
         key: &VerifyingKey,
     ) -> anyhow::Result<(Manifest, Vec<u8>)> {
-        read_manifest(
+        peerdelta_store::manifest_file::read_verified(
             &self.version_dir(package, version).join("manifest"),
             key,
             package,
@@ -467,31 +402,7 @@ impl Cache {
     }
 
     fn all_contents(&self) -> anyhow::Result<Vec<(ContentHash, PathBuf, u64)>> {
-        let mut out = Vec::new();
-        let root = self.root.join("content");
-        for shard in fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
-            let shard = shard?.path();
-            if !shard.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(&shard)? {
-                let f = f?;
-                let Some(h) = f
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<ContentHash>().ok())
-                else {
-                    continue;
-                };
-                // Blocks in use: what the file takes on disk.
-                let size = f.metadata().map_or(0, |m| {
-                    use std::os::unix::fs::MetadataExt;
-                    m.blocks() * 512
-                });
-                out.push((h, f.path(), size));
-            }
-        }
-        Ok(out)
+        self.contents.list()
     }
 
     /// Re-hashes every content, quarantines the damaged ones, and removes the
@@ -724,21 +635,6 @@ fn remove_children_meta(dir: &Path, remove: impl Fn(&str, &fs::Metadata) -> bool
         }
     }
     freed
-}
-
-/// Reads a signed manifest file: verified against `key`, and describing
-/// `package` version `version` (a file moved under another version's name
-/// is refused). The DP's library and the agent's cache both keep them.
-pub fn read_manifest(
-    path: &Path,
-    key: &VerifyingKey,
-    package: &PackageName,
-    version: u64,
-) -> anyhow::Result<(Manifest, Vec<u8>)> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let m = manifest::open_manifest_of(&bytes, key, package, version)
-        .with_context(|| format!("verifying {}", path.display()))?;
-    Ok((m, bytes))
 }
 
 /// Seconds since a file was modified (for stale partial work).

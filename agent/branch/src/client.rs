@@ -109,7 +109,7 @@ pub struct DpClient {
 /// The local weekday and hour, for the governor's schedule.
 #[allow(unsafe_code)]
 pub fn local_slot() -> Slot {
-    let secs = crate::util::now_ms() / 1000;
+    let secs = peerdelta_store::util::now_ms() / 1000;
     let t = secs as libc::time_t;
     let mut tm = std::mem::MaybeUninit::<libc::tm>::zeroed();
     // SAFETY: `localtime_r` writes a `struct tm` into the buffer we own and
@@ -130,7 +130,7 @@ impl DpClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            anyhow::bail!(crate::usage!(
+            anyhow::bail!(peerdelta_store::usage!(
                 "the DP URL must start with http:// or https://: {base}"
             ));
         }
@@ -195,7 +195,11 @@ impl DpClient {
         self.governor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .handle_rtt(Timestamp(crate::util::now_ms()), rtt, local_slot());
+            .handle_rtt(
+                Timestamp(peerdelta_store::util::now_ms()),
+                rtt,
+                local_slot(),
+            );
         Ok(resp)
     }
 
@@ -254,7 +258,11 @@ impl DpClient {
                 .governor
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .reserve(Timestamp(crate::util::now_ms()), local_slot(), bytes);
+                .reserve(
+                    Timestamp(peerdelta_store::util::now_ms()),
+                    local_slot(),
+                    bytes,
+                );
             match wait {
                 Some(0) => return,
                 Some(ms) => {

@@ -1,6 +1,12 @@
-//! The journal of a content being built, on disk: the format and its
-//! rules are [`peerdelta_protocol::journal`]'s; this module reads, truncates
-//! a damaged tail, and appends durably.
+//! A content being built: its data file and the journal of which ranges of
+//! it are verified and durable (`DIR/data`, `DIR/journal`).
+//!
+//! [`Partial::write`] is the only way bytes get into the data file, and it
+//! takes a [`VerifiedRun`]: only the function that checked a run's BLAKE3
+//! makes one. [`Partial::commit`] fsyncs the data and then journals what was
+//! written, so a range is recorded only once its verified bytes are durable.
+//! The journal's format and rules are [`peerdelta_protocol::journal`]'s; this
+//! module reads it, cuts a damaged tail, and appends durably.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,6 +16,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 use peerdelta_protocol::ContentHash;
 use peerdelta_protocol::journal::{self as format, MAX_JOURNAL, Parsed, RECORD_LEN};
+use peerdelta_protocol::needsfile::VerifiedRun;
 
 /// Reads the journal at `path` for content `hash` (at most [`MAX_JOURNAL`]
 /// bytes); `None` if it is missing or not that content's.
@@ -112,6 +119,110 @@ impl Journal {
     }
 }
 
+/// A content being built in a directory of its own.
+pub struct Partial {
+    dir: std::path::PathBuf,
+    data: File,
+    journal: Journal,
+    written: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Partial {
+    /// Opens (creating) the partial content `hash` of `len` bytes in `dir`.
+    pub fn open(dir: &Path, hash: &ContentHash, len: u64) -> anyhow::Result<Partial> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let data_path = dir.join("data");
+        let data = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&data_path)
+            .with_context(|| format!("opening {}", data_path.display()))?;
+        data.set_len(len)
+            .with_context(|| format!("sizing {}", data_path.display()))?;
+        Ok(Partial {
+            journal: Journal::open(&dir.join("journal"), hash, len)?,
+            dir: dir.to_owned(),
+            data,
+            written: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data file's path.
+    pub fn data_path(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Whether `r` is verified and durable.
+    pub fn covers(&self, r: std::ops::Range<u64>) -> bool {
+        self.journal.covers(r)
+    }
+
+    /// The verified ranges, merged and sorted.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.journal.ranges()
+    }
+
+    /// Writes a verified run's bytes where they go (durable and journaled
+    /// at the next [`commit`](Self::commit)).
+    pub fn write(&self, run: VerifiedRun<'_>) -> anyhow::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (bytes, at) = (run.bytes(), run.target_offset());
+        self.data
+            .write_all_at(bytes, at)
+            .with_context(|| format!("writing bytes at {at} of {}", self.data_path().display()))?;
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((at, bytes.len() as u64));
+        Ok(())
+    }
+
+    /// Makes what was written durable, then records it in the journal.
+    pub fn commit(&self) -> anyhow::Result<()> {
+        let ranges = std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        self.data
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.data_path().display()))?;
+        self.journal.record(&ranges)
+    }
+
+    /// Reads bytes of the data file (verified ones, for peers or a base).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.data.read_exact_at(buf, offset)
+    }
+
+    /// Commits, syncs and closes; returns the data file's path, to verify
+    /// the whole content.
+    pub fn finish(self) -> anyhow::Result<std::path::PathBuf> {
+        self.commit()?;
+        self.data
+            .sync_all()
+            .with_context(|| format!("syncing {}", self.data_path().display()))?;
+        Ok(self.data_path())
+    }
+}
+
+/// The verified ranges of partial content `hash` in `dir` and its data
+/// file (what can be given to peers before it is finished), without opening
+/// it for writing.
+pub fn coverage(dir: &Path, hash: &ContentHash) -> (Vec<(u64, u64)>, std::path::PathBuf) {
+    let ranges = read(&dir.join("journal"), hash)
+        .map(|p| p.ranges)
+        .unwrap_or_default();
+    (ranges, dir.join("data"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +280,37 @@ mod tests {
             .unwrap();
         let j = Journal::open(&path, &h, 200).unwrap();
         assert!(!j.covers(0..1));
+    }
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use super::*;
+    use peerdelta_protocol::needsfile::{PlacedRun, Run, RunSource};
+
+    #[test]
+    fn only_verified_runs_are_written_and_journaled_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"hello, partial".to_vec();
+        let h = ContentHash::of(&bytes);
+        let p = Partial::open(dir.path(), &h, bytes.len() as u64).unwrap();
+        let run = PlacedRun {
+            index: 0,
+            target_offset: 0,
+            run: Run {
+                source: RunSource::Origin,
+                len: 5,
+                hash: ContentHash::of(&bytes[..5]),
+            },
+        };
+        assert!(run.verify(b"HELLO").is_err());
+        p.write(run.verify(&bytes[..5]).unwrap()).unwrap();
+        assert!(!p.covers(0..5), "not journaled before commit");
+        p.commit().unwrap();
+        assert!(p.covers(0..5));
+        assert_eq!(coverage(dir.path(), &h).0, vec![(0, 5)]);
+        let mut back = [0u8; 5];
+        p.read_at(&mut back, 0).unwrap();
+        assert_eq!(&back, b"hello");
     }
 }

@@ -42,12 +42,13 @@ use peerdelta_protocol::status::{StatusEvent, StatusReport};
 use peerdelta_protocol::{ContentHash, layout, sigstore};
 use serde::Serialize;
 
-use crate::cache::{Cache, VerifiedContent, verify_file};
+use crate::cache::Cache;
 use crate::client::{DpClient, FetchError};
-use crate::journal::Journal;
-use crate::progress::Progress;
 use crate::subnet::lan::Lan;
-use crate::util::now_ms;
+use peerdelta_store::content::{VerifiedContent, verify_file};
+use peerdelta_store::partial::Journal;
+use peerdelta_store::progress::Progress;
+use peerdelta_store::util::now_ms;
 
 /// What to get.
 #[derive(Debug, Clone)]
@@ -415,13 +416,13 @@ pub async fn fetch_manifest(
             let z = client
                 .get_sized(&layout::manifest_delta(package, v, d.from), d.len)
                 .await?;
-            crate::pack::decompress(&z, Some(&raw(d.from)), limit)
+            peerdelta_store::pack::decompress(&z, Some(&raw(d.from)), limit)
         }
         ManifestFetch::Compressed(len) => {
             let z = client
                 .get_sized(&layout::manifest_zst(package, v), len)
                 .await?;
-            crate::pack::decompress(&z, None, limit)
+            peerdelta_store::pack::decompress(&z, None, limit)
         }
         ManifestFetch::Plain(_) => Ok(Vec::new()),
     };
@@ -726,7 +727,7 @@ pub async fn fetch_library_file(
 
 fn write_verified(ctx: &Ctx<'_>, f: &FileEntry, raw: &[u8]) -> Result<VerifiedContent, JobError> {
     let tmp = ctx.cache.tmp_path("content");
-    blocking(|| crate::dp::library::write_synced(&tmp, raw))?;
+    blocking(|| peerdelta_store::fsutil::create_synced(&tmp, raw))?;
     ctx.progress.add(0, f.size);
     Ok(blocking(|| verify_file(&tmp, &f.hash))?)
 }
@@ -736,7 +737,7 @@ fn write_verified(ctx: &Ctx<'_>, f: &FileEntry, raw: &[u8]) -> Result<VerifiedCo
 /// holds them.
 pub fn partial_coverage(cache: &Cache, h: &ContentHash) -> (Vec<(u64, u64)>, PathBuf) {
     let dir = cache.partial_dir(h);
-    let ranges = crate::journal::read(&dir.join("journal"), h)
+    let ranges = peerdelta_store::partial::read(&dir.join("journal"), h)
         .map(|p| p.ranges)
         .unwrap_or_default();
     (ranges, dir.join("data"))
@@ -759,7 +760,7 @@ async fn rebuild(
         Ok(b) if ContentHash::of(&b) == needs_hash => b,
         _ => {
             let b = library_file(ctx, &needs_rel, needs_hash, needs_len).await?;
-            crate::dp::library::write_synced(&saved, &b)?;
+            peerdelta_store::fsutil::create_synced(&saved, &b)?;
             b
         }
     };
@@ -867,7 +868,7 @@ async fn rebuild(
                     }
                     None => None,
                 };
-                let raw = match crate::pack::unpack_frame(fr, bytes, reference.as_deref()) {
+                let raw = match peerdelta_store::pack::unpack_frame(fr, bytes, reference.as_deref()) {
                     Ok(raw) => raw,
                     Err(e) => {
                         tracing::warn!("pack frame at {} of {pack_rel}: {e:#}", fr.offset);
@@ -1383,7 +1384,7 @@ async fn rdc(ctx: &Ctx<'_>, f: &FileEntry, seed: ContentHash) -> Result<Verified
     let seed_levels = {
         let p = seed_path.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<SeedLevels> {
-            let src = crate::fsutil::FileSource::open(&p)?;
+            let src = peerdelta_store::fsutil::FileSource::open(&p)?;
             let mut b = SignatureBuilder::new(params, MAX_LEVELS);
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = 0u64;
