@@ -39,6 +39,36 @@ fn u64_at(data: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Pack frames as a receiver unpacks them (zstd frames, alone or against a
+/// span of the base), and whole compressed manifests: never more than the
+/// recorded size.
+pub fn pack_frame(data: &[u8]) {
+    use peerdelta_protocol::needsfile::{Frame, Span};
+    let raw_len = (u64_at(data, 0) % (1 << 20)) as u32;
+    let ref_len = usize::from(data.get(8).copied().unwrap_or(0)) * 64;
+    let reference = data.get(9..9 + ref_len).filter(|r| !r.is_empty());
+    let body = data
+        .get(9 + ref_len.min(data.len().saturating_sub(9))..)
+        .unwrap_or_default();
+    let frame = Frame {
+        first: 0,
+        count: 1,
+        offset: 0,
+        len: body.len() as u32,
+        raw_len,
+        reference: reference.map(|r| Span {
+            offset: 0,
+            len: r.len() as u32,
+        }),
+    };
+    if let Ok(raw) = peerdelta_store::pack::unpack_frame(&frame, body, reference) {
+        assert_eq!(raw.len(), raw_len as usize);
+    }
+    if let Ok(raw) = peerdelta_store::pack::decompress(body, None, 1 << 16) {
+        assert!(raw.len() <= 1 << 16);
+    }
+}
+
 /// Subnet wire messages: what decodes re-encodes to itself.
 pub fn wire(data: &[u8]) {
     if let Ok(r) = wire::decode_request(data) {

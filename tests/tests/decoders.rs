@@ -25,6 +25,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("status", exercise::status),
     ("journal", exercise::journal),
     ("rdc_levels", exercise::rdc_levels),
+    ("pack_frame", exercise::pack_frame),
 ];
 
 fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
