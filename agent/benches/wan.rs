@@ -259,6 +259,7 @@ async fn step(
         progress: false,
         agent: "bench".into(),
         report: false,
+        dp_give_up: None,
     };
     let before = count.load(Ordering::Relaxed);
     let s = get(&client, &r.cache, &r.key, &opts).await?;

@@ -4,7 +4,6 @@
 //! only the machines are shared.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,7 +14,8 @@ use crate::config::ConfigFile;
 use peerdelta_branch::cache::Cache;
 use peerdelta_branch::client::{DpClient, RetryPolicy};
 use peerdelta_branch::settings::AgentFile;
-use peerdelta_branch::subnet::{Daemon, DaemonConfig, JobView};
+use peerdelta_branch::subnet::view::{JobView, Phase, Role};
+use peerdelta_branch::subnet::{Daemon, DaemonConfig};
 use peerdelta_dp::library::Library;
 
 /// A DP served on a loopback port until dropped.
@@ -94,9 +94,9 @@ pub async fn start_branch(
     key: VerifyingKey,
     n: usize,
     max_rate: Option<&str>,
-) -> anyhow::Result<Vec<Arc<Daemon>>> {
+) -> anyhow::Result<Vec<Daemon>> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
-    let mut agents: Vec<Arc<Daemon>> = Vec::new();
+    let mut agents: Vec<Daemon> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let name = format!("agent{i}");
         let cfg = AgentFile {
@@ -132,7 +132,14 @@ pub async fn start_branch(
         })?);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while agents.iter().any(|a| a.peers_heard() + 1 < n) {
+    loop {
+        let mut all = true;
+        for a in &agents {
+            all &= a.peers_heard().await + 1 >= n;
+        }
+        if all {
+            break;
+        }
         if Instant::now() > deadline {
             bail!("the agents did not find each other within 30 s");
         }
@@ -144,27 +151,27 @@ pub async fn start_branch(
 /// Asks every agent for `package` v`version` at once and waits until all
 /// have it; returns their views of the job and the time to all-complete.
 pub async fn roll_out(
-    agents: &[Arc<Daemon>],
+    agents: &[Daemon],
     package: &PackageName,
     version: u64,
     timeout: Duration,
 ) -> anyhow::Result<(Vec<JobView>, Duration)> {
     let t = Instant::now();
     for a in agents {
-        a.request(package.clone(), version);
+        a.request(package.clone(), version).await;
     }
     loop {
-        let views: Vec<JobView> = agents
-            .iter()
-            .filter_map(|a| a.job(package, version))
-            .collect();
-        if let Some(f) = views.iter().find(|j| j.phase == "failed") {
+        let mut views: Vec<JobView> = Vec::new();
+        for a in agents {
+            views.extend(a.job(package, version).await);
+        }
+        if let Some(f) = views.iter().find(|j| j.phase == Phase::Failed) {
             bail!(
                 "an agent failed to get {package} v{version}: {}",
                 f.error.clone().unwrap_or_default()
             );
         }
-        if views.len() == agents.len() && views.iter().all(|j| j.phase == "done") {
+        if views.len() == agents.len() && views.iter().all(|j| j.phase == Phase::Done) {
             return Ok((views, t.elapsed()));
         }
         if t.elapsed() > timeout {
@@ -181,14 +188,14 @@ pub async fn roll_out(
 pub fn master_of(views: &[JobView]) -> String {
     views
         .iter()
-        .find(|j| j.role == "master")
+        .find(|j| j.role == Role::Master)
         .and_then(|j| j.master.clone())
         .map(|m| m.trim_end_matches(" (this agent)").to_owned())
         .unwrap_or_else(|| "?".into())
 }
 
 /// Checks every agent's cache (contents against their hashes).
-pub fn verify_caches(dir: &Path, agents: &[Arc<Daemon>]) -> anyhow::Result<()> {
+pub fn verify_caches(dir: &Path, agents: &[Daemon]) -> anyhow::Result<()> {
     for (i, a) in agents.iter().enumerate() {
         let c = Cache::open(&dir.join(format!("cache-agent{i}")))?;
         let r = c.verify(a.key())?;

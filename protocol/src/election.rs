@@ -21,6 +21,22 @@
 //! candidate claims. A master silent for `master_timeout_ms` is lost: it
 //! drops out and the rest re-elect.
 //!
+//! Driving it (the `handle_*` / `poll_*` shape of the other machines):
+//! feed announcements, departures, bans and rank changes with the current
+//! [`Timestamp`]; call [`Election::handle_timeout`] when
+//! [`Election::poll_timeout`] is reached (every heartbeat: it ticks the
+//! decisions and queues our own [`Action::Announce`]); drain
+//! [`Election::poll_action`]. No driver writes a heartbeat loop.
+//!
+//! Claims must be backed and settled: a claimant becomes master over an
+//! established one only after claiming for [`COMPLETE_GRACE_BEATS`]
+//! heartbeats (so one that claims the best rank out of nowhere does not
+//! unseat a working master at once), and a peer the transfer banned (it
+//! claimed data it did not deliver, or sent bad data) is dropped and never
+//! heard again ([`Election::handle_banned`]). A master whose job failed
+//! withdraws ([`Election::handle_withdraw`]): it stops claiming and counts
+//! as weight 0 until it rejoins.
+//!
 //! Incumbency: a master keeps its role while it lives, except that (a) a
 //! candidate holding the target complete takes over from one that does not,
 //! once it has held it for [`COMPLETE_GRACE_BEATS`] heartbeats, and (b) at
@@ -30,10 +46,12 @@
 //! peers that copied the master's finished blocks would otherwise tie with
 //! it and take over mid-transfer for nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
 
 /// A candidate's rank. `Ord`: greater is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,7 +110,7 @@ impl Rank {
             held_permille,
             has_base: versions
                 .iter()
-                .any(|v| *v < target && target - v <= crate::publish::WINDOW as u64),
+                .any(|v| *v < target && target - v <= crate::layout::WINDOW as u64),
             weight,
             free_mib: free_bytes >> 20,
         }
@@ -114,6 +132,10 @@ pub const RERANK_BEATS: u64 = 4;
 /// announcement overtook the master's took over at the very end of the
 /// transfer, for nothing (and two such peers then met in a conflict).
 pub const COMPLETE_GRACE_BEATS: u64 = 2;
+
+/// A peer that left and came back waits one more grace per departure, up
+/// to this many graces.
+pub const MAX_GRACES: u32 = 8;
 
 /// Granularity of [`Rank::held_permille`] from [`Rank::from_holdings`]: 5%.
 pub const HELD_STEP: u16 = 50;
@@ -161,11 +183,16 @@ pub struct Heard {
     /// Since when it has announced the target complete (ms; meaningful
     /// while `rank.complete`).
     pub complete_since_ms: u64,
+    /// Since when it has claimed the role without a break (ms; meaningful
+    /// while `claims`).
+    pub claiming_since_ms: u64,
+    /// Since when it has been live without a break (ms).
+    pub live_since_ms: u64,
 }
 
 /// An input to the election.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event<P> {
+enum Event<P> {
     /// A candidate's announcement arrived. One that repeats what a live
     /// peer last said only refreshes it; what time changes is decided at
     /// the next [`Event::Tick`].
@@ -203,6 +230,13 @@ pub enum Reason {
 /// A decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<P> {
+    /// Announce our rank and claim to every peer (once per heartbeat).
+    Announce {
+        /// Our rank (weight 0 while withdrawn).
+        rank: Rank,
+        /// Whether we claim the master role.
+        claims: bool,
+    },
     /// We are master from now: fetch from the DP, serve the subnet.
     BecomeMaster,
     /// We are no longer master: stop fetching from the DP.
@@ -231,15 +265,27 @@ pub struct Election<P> {
     master: Option<P>,
     /// Since when our own rank says complete (meaningful while it does).
     complete_since_ms: u64,
+    claiming_since_ms: u64,
     started_ms: u64,
     now_ms: u64,
     last_periodic_ms: u64,
     elections: u64,
+    next_beat_ms: u64,
+    beats: u64,
+    banned: BTreeSet<P>,
+    /// Per peer: how often it left (disconnected or went silent) while
+    /// we ran; its graces grow with it (bounded table).
+    departures: BTreeMap<P, u32>,
+    /// Since when no live peer (nor we) claims the role.
+    unclaimed_since_ms: u64,
+    withdrawn: bool,
+    actions: VecDeque<Action<P>>,
 }
 
 impl<P: Ord + Clone + Debug> Election<P> {
-    /// Starts the election at `now_ms`.
-    pub fn new(me: P, rank: Rank, timing: Timing, now_ms: u64) -> Self {
+    /// Starts the election at `now`; the first heartbeat is due at once.
+    pub fn new(me: P, rank: Rank, timing: Timing, now: Timestamp) -> Self {
+        let now_ms = now.0;
         Election {
             me,
             rank,
@@ -248,11 +294,91 @@ impl<P: Ord + Clone + Debug> Election<P> {
             claiming: false,
             master: None,
             complete_since_ms: now_ms,
+            claiming_since_ms: now_ms,
             started_ms: now_ms,
             now_ms,
             last_periodic_ms: now_ms,
             elections: 0,
+            next_beat_ms: now_ms,
+            beats: 0,
+            banned: BTreeSet::new(),
+            departures: BTreeMap::new(),
+            unclaimed_since_ms: now_ms,
+            withdrawn: false,
+            actions: VecDeque::new(),
         }
+    }
+
+    /// A peer's announcement arrived (ignored from a banned peer).
+    pub fn handle_heard(&mut self, now: Timestamp, from: P, rank: Rank, claims: bool) {
+        if self.banned.contains(&from) {
+            return;
+        }
+        self.handle(Event::Heard { from, rank, claims }, now.0);
+    }
+
+    /// A peer disconnected (faster than waiting for its silence).
+    pub fn handle_gone(&mut self, now: Timestamp, peer: P) {
+        self.handle(Event::Gone(peer), now.0);
+    }
+
+    /// The transfer banned a peer: it drops out and is never heard again.
+    pub fn handle_banned(&mut self, now: Timestamp, peer: P) {
+        if self.banned.len() < 4096 {
+            self.banned.insert(peer.clone());
+        }
+        self.handle(Event::Gone(peer), now.0);
+    }
+
+    /// Our own rank changed (content arrived, cache filled).
+    pub fn handle_rank(&mut self, now: Timestamp, rank: Rank) {
+        self.handle(Event::Rank(rank), now.0);
+    }
+
+    /// Our job failed (`true`: stop claiming, count as weight 0) or may be
+    /// tried again (`false`).
+    pub fn handle_withdraw(&mut self, now: Timestamp, withdrawn: bool) {
+        if self.withdrawn != withdrawn {
+            self.withdrawn = withdrawn;
+            self.handle(Event::Tick, now.0);
+        }
+    }
+
+    /// A heartbeat is due (or time passed): decisions, then our
+    /// announcement. A spurious call only re-decides.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.handle(Event::Tick, now.0);
+        if self.now_ms >= self.next_beat_ms {
+            self.beats += 1;
+            self.next_beat_ms = self.now_ms + self.timing.heartbeat_ms;
+            let (rank, claims) = (self.rank(), self.claims());
+            self.actions.push_back(Action::Announce { rank, claims });
+        }
+    }
+
+    /// The next decision or announcement, if any.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Election::handle_timeout`] is next due: the next heartbeat.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        Some(Timestamp(self.next_beat_ms))
+    }
+
+    /// Whether our rank should be recomputed before the next heartbeat:
+    /// a rank reads the cache, so every [`RERANK_BEATS`] heartbeats, and
+    /// every one while we claim the role (our progress is what peers
+    /// compare).
+    pub fn rank_due(&self) -> bool {
+        (self.beats + 1) % RERANK_BEATS == 1 || self.claiming
+    }
+
+    /// Whether we withdrew (our job failed).
+    pub fn withdrawn(&self) -> bool {
+        self.withdrawn
     }
 
     /// Who we are.
@@ -260,21 +386,21 @@ impl<P: Ord + Clone + Debug> Election<P> {
         &self.me
     }
 
-    /// Whether to recompute our rank at heartbeat `beat` (counted from 1):
-    /// a rank reads the cache, so every [`RERANK_BEATS`] beats, and every
-    /// beat while we claim the role (our progress is what peers compare).
-    pub fn rerank_due(&self, beat: u64) -> bool {
-        beat % RERANK_BEATS == 1 || self.claiming
-    }
-
     /// Whether we claim the master role (what to announce).
     pub fn claims(&self) -> bool {
         self.claiming
     }
 
-    /// Our rank (what to announce).
+    /// Our rank as announced (weight 0 while withdrawn).
     pub fn rank(&self) -> Rank {
-        self.rank
+        if self.withdrawn {
+            Rank {
+                weight: 0,
+                ..self.rank
+            }
+        } else {
+            self.rank
+        }
     }
 
     /// The master as we see it.
@@ -297,7 +423,7 @@ impl<P: Ord + Clone + Debug> Election<P> {
         let mut v: Vec<(P, Rank)> = self
             .live()
             .map(|(p, h)| (p.clone(), h.rank))
-            .chain(std::iter::once((self.me.clone(), self.rank)))
+            .chain(std::iter::once((self.me.clone(), self.rank())))
             .collect();
         v.sort_by(|a, b| {
             if better((&a.1, &a.0), (&b.1, &b.0)) {
@@ -317,13 +443,27 @@ impl<P: Ord + Clone + Debug> Election<P> {
         self.peers.iter().filter(move |(_, h)| h.at_ms >= cutoff)
     }
 
-    /// Feeds one event at time `now_ms`; returns the decisions it leads to.
-    pub fn handle(&mut self, event: Event<P>, now_ms: u64) -> Vec<Action<P>> {
+    fn departed(&mut self, p: &P) {
+        if self.departures.len() < 4096 || self.departures.contains_key(p) {
+            *self.departures.entry(p.clone()).or_default() += 1;
+        }
+    }
+
+    /// The grace a claim of `p` must have been held for: one of
+    /// [`COMPLETE_GRACE_BEATS`] heartbeats, once more per time it left
+    /// (up to [`MAX_GRACES`]): a peer that comes and goes never settles.
+    fn grace_of(&self, p: &P) -> u64 {
+        let left = self.departures.get(p).copied().unwrap_or(0);
+        COMPLETE_GRACE_BEATS * self.timing.heartbeat_ms * u64::from(left.min(MAX_GRACES - 1) + 1)
+    }
+
+    /// Feeds one event at time `now_ms`; queues the decisions it leads to.
+    fn handle(&mut self, event: Event<P>, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         match event {
             Event::Heard { from, rank, claims } => {
                 if from == self.me {
-                    return Vec::new();
+                    return;
                 }
                 let cutoff = self.now_ms.saturating_sub(self.timing.master_timeout_ms);
                 let at_ms = self.now_ms;
@@ -334,39 +474,65 @@ impl<P: Ord + Clone + Debug> Election<P> {
                     // would cost a subnet of n agents n^2 decisions a beat).
                     Some(h) if h.at_ms >= cutoff && h.rank == rank && h.claims == claims => {
                         h.at_ms = at_ms;
-                        return Vec::new();
+                        return;
                     }
                     old => {
-                        let complete_since_ms = match old {
+                        let old = old.map(|h| h.clone());
+                        if old.as_ref().is_some_and(|h| h.at_ms < cutoff) {
+                            self.departed(&from);
+                        }
+                        let live_since_ms = match &old {
+                            Some(h) if h.at_ms >= cutoff => h.live_since_ms,
+                            _ => at_ms,
+                        };
+                        let complete_since_ms = match &old {
                             Some(h) if h.at_ms >= cutoff && h.rank.complete => h.complete_since_ms,
                             _ => at_ms,
                         };
-                        self.peers.insert(
-                            from,
-                            Heard {
-                                rank,
-                                claims,
-                                at_ms,
-                                complete_since_ms,
-                            },
-                        );
+                        let claiming_since_ms = match &old {
+                            Some(h) if h.at_ms >= cutoff && h.claims => h.claiming_since_ms,
+                            _ => at_ms,
+                        };
+                        // Bounded: a subnet has at most this many candidates.
+                        if self.peers.len() < 4096 || self.peers.contains_key(&from) {
+                            self.peers.insert(
+                                from,
+                                Heard {
+                                    rank,
+                                    claims,
+                                    at_ms,
+                                    complete_since_ms,
+                                    claiming_since_ms,
+                                    live_since_ms,
+                                },
+                            );
+                        }
                     }
                 }
             }
             Event::Gone(p) => {
-                self.peers.remove(&p);
+                if self.peers.remove(&p).is_some() {
+                    self.departed(&p);
+                }
             }
             // Likewise an unchanged rank.
-            Event::Rank(r) if r == self.rank => return Vec::new(),
+            Event::Rank(r) if r == self.rank => return,
             Event::Rank(r) => {
                 if r.complete && !self.rank.complete {
                     self.complete_since_ms = self.now_ms;
                 }
                 self.rank = r;
             }
-            Event::Tick => {}
+            Event::Tick => {
+                // Forget peers silent for long (bounded table).
+                let forget = self
+                    .now_ms
+                    .saturating_sub(10 * self.timing.master_timeout_ms);
+                self.peers.retain(|_, h| h.at_ms >= forget);
+            }
         }
-        self.decide()
+        let actions = self.decide();
+        self.actions.extend(actions);
     }
 
     /// Applies the rules of the module documentation.
@@ -374,13 +540,40 @@ impl<P: Ord + Clone + Debug> Election<P> {
         let mut out = Vec::new();
         let me = self.me.clone();
         // The live claimants, best first.
+        let grace = COMPLETE_GRACE_BEATS * self.timing.heartbeat_ms;
+        let my_rank = self.rank();
         let mut claimants: Vec<(P, Rank)> = self
             .live()
             .filter(|(_, h)| h.claims && h.rank.eligible())
             .map(|(p, h)| (p.clone(), h.rank))
             .collect();
         if self.claiming {
-            claimants.push((me.clone(), self.rank));
+            claimants.push((me.clone(), my_rank));
+        }
+        // A claim is settled once held for the grace; an established master
+        // (the one we see, still claiming) is unseated only by settled ones.
+        let claiming_for = |p: &P| -> u64 {
+            let since = if *p == me {
+                self.claiming_since_ms
+            } else {
+                self.peers
+                    .get(p)
+                    .map_or(self.now_ms, |h| h.claiming_since_ms)
+            };
+            self.now_ms.saturating_sub(since)
+        };
+        let incumbent = self
+            .master
+            .clone()
+            .filter(|m| claimants.iter().any(|(p, _)| p == m));
+        match &incumbent {
+            Some(inc) => {
+                claimants.retain(|(p, _)| p == inc || claiming_for(p) >= self.grace_of(p));
+            }
+            // Even with no master, one that came and went must settle.
+            None => claimants.retain(|(p, _)| {
+                *p == me || !self.departures.contains_key(p) || claiming_for(p) >= self.grace_of(p)
+            }),
         }
         let best_of = |v: &[(P, Rank)]| -> Option<(P, Rank)> {
             v.iter()
@@ -390,17 +583,28 @@ impl<P: Ord + Clone + Debug> Election<P> {
                 })
                 .cloned()
         };
+        // Candidates: a peer that does not claim though it had the time to
+        // (the settle period and a grace since it appeared or since the
+        // role was last held) is passed over, so one that ranks best and
+        // never claims cannot leave the subnet without a master.
+        let wait = self.timing.settle_ms + grace;
         let everyone: Vec<(P, Rank)> = self
             .live()
+            .filter(|(p, h)| {
+                h.claims
+                    || self
+                        .now_ms
+                        .saturating_sub(h.live_since_ms.max(self.unclaimed_since_ms))
+                        < wait.max(self.grace_of(p))
+            })
             .map(|(p, h)| (p.clone(), h.rank))
-            .chain(std::iter::once((me.clone(), self.rank)))
+            .chain(std::iter::once((me.clone(), my_rank)))
             .filter(|(_, r)| r.eligible())
             .collect();
         let best = best_of(&everyone);
         let leader = best_of(&claimants);
         let periodic_due =
             self.now_ms.saturating_sub(self.last_periodic_ms) >= self.timing.reelect_ms;
-        let grace = COMPLETE_GRACE_BEATS * self.timing.heartbeat_ms;
         let complete_for = |p: &P| -> u64 {
             let since = if *p == me {
                 self.complete_since_ms
@@ -411,15 +615,20 @@ impl<P: Ord + Clone + Debug> Election<P> {
             };
             self.now_ms.saturating_sub(since)
         };
-        let (to, reason): (Option<P>, Reason) = match leader {
+        let (to, reason): (Option<P>, Reason) = match leader.clone() {
             Some((lp, lr)) => {
                 // Challenges against the incumbent claimant.
+                let claims = |p: &P| *p == me || claimants.iter().any(|(c, _)| c == p);
                 let challenger = best.filter(|(bp, br)| {
                     let completes = br.complete && !lr.complete;
                     // Not even at a periodic re-election: that is the
                     // handover the grace is there to prevent.
-                    let in_grace = completes && complete_for(bp) < grace;
+                    let in_grace = completes && complete_for(bp) < self.grace_of(bp);
+                    // Only a settled claimant (or we) unseats the master:
+                    // it keeps working until the challenger has claimed
+                    // for its grace.
                     *bp != lp
+                        && claims(bp)
                         && !in_grace
                         && (completes || (periodic_due && br.strength() > lr.strength()))
                 });
@@ -453,10 +662,14 @@ impl<P: Ord + Clone + Debug> Election<P> {
         if periodic_due {
             self.last_periodic_ms = self.now_ms;
         }
+        if leader.is_some() {
+            self.unclaimed_since_ms = self.now_ms;
+        }
         // Our own role follows the decision.
-        let should_claim = to.as_ref() == Some(&me);
+        let should_claim = to.as_ref() == Some(&me) && my_rank.eligible();
         if should_claim && !self.claiming {
             self.claiming = true;
+            self.claiming_since_ms = self.now_ms;
             out.push(Action::BecomeMaster);
         } else if !should_claim && self.claiming {
             self.claiming = false;
@@ -523,7 +736,7 @@ mod tests {
                 nodes: ranks
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| Some(Election::new(i as u32, *r, t, 0)))
+                    .map(|(i, r)| Some(Election::new(i as u32, *r, t, Timestamp(0))))
                     .collect(),
                 now: 0,
             }
@@ -531,23 +744,21 @@ mod tests {
         /// Advances one heartbeat: everyone announces, everyone ticks.
         fn step(&mut self) {
             self.now += Timing::default().heartbeat_ms;
+            self.step_at_now();
+        }
+        fn step_at_now(&mut self) {
             let said: Vec<(u32, Rank, bool)> = self
                 .nodes
                 .iter()
                 .filter_map(|n| n.as_ref().map(|e| (*e.me(), e.rank(), e.claims())))
                 .collect();
+            let now = Timestamp(self.now);
             for e in self.nodes.iter_mut().flatten() {
                 for (from, rank, claims) in &said {
-                    e.handle(
-                        Event::Heard {
-                            from: *from,
-                            rank: *rank,
-                            claims: *claims,
-                        },
-                        self.now,
-                    );
+                    e.handle_heard(now, *from, *rank, *claims);
                 }
-                e.handle(Event::Tick, self.now);
+                e.handle_timeout(now);
+                while e.poll_action().is_some() {}
             }
         }
         fn steps(&mut self, n: usize) {
@@ -558,7 +769,7 @@ mod tests {
         /// Node `i`'s own rank changes at `at`.
         fn set_rank(&mut self, i: usize, r: Rank, at: u64) {
             if let Some(n) = self.nodes[i].as_mut() {
-                n.handle(Event::Rank(r), at);
+                n.handle_rank(Timestamp(at), r);
             }
         }
         fn masters(&self) -> Vec<u32> {
@@ -667,7 +878,7 @@ mod tests {
         // The peer catches up with the master: no change.
         for n in net.nodes.iter_mut().flatten() {
             let r = rank(500, 1);
-            n.handle(Event::Rank(r), net.now);
+            n.handle_rank(Timestamp(net.now), r);
         }
         net.steps(4);
         assert_eq!(net.masters(), vec![0]);
@@ -677,10 +888,14 @@ mod tests {
             9,
             rank(1000, 1),
             Timing::default(),
-            net.now,
+            Timestamp(net.now),
         )));
         net.step();
         assert_eq!(net.masters(), vec![0], "not within the grace");
+        // It claims once its grace passed; the master hands over once the
+        // claim has held for a grace too (working until then).
+        net.steps(3);
+        assert!(net.masters().contains(&0), "{:?}", net.masters());
         net.steps(3);
         assert_eq!(net.masters(), vec![9]);
     }
@@ -716,12 +931,71 @@ mod tests {
         net.set_rank(1, rank(1000, 1), now);
         net.step();
         assert_eq!(net.masters(), vec![0], "taken over within the grace");
-        net.steps(3);
+        net.steps(6);
         assert_eq!(
             net.masters(),
             vec![1],
             "a complete peer takes over after it"
         );
+    }
+
+    #[test]
+    fn a_best_ranked_peer_that_never_claims_is_passed_over() {
+        // Node 2 announces the best rank and never claims (a rogue, or a
+        // broken agent): after the settle time and a grace the others elect
+        // among themselves.
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
+        let mut e = 0;
+        for _ in 0..12 {
+            net.now += Timing::default().heartbeat_ms;
+            let now = Timestamp(net.now);
+            for n in net.nodes.iter_mut().flatten() {
+                n.handle_heard(now, 2, rank(1000, u32::MAX), false);
+            }
+            net.step_at_now();
+            e += 1;
+        }
+        assert_eq!(net.masters(), vec![0], "after {e} beats");
+        // The same once a master is lost.
+        net.nodes[0] = None;
+        for _ in 0..20 {
+            net.now += Timing::default().heartbeat_ms;
+            let now = Timestamp(net.now);
+            for n in net.nodes.iter_mut().flatten() {
+                n.handle_heard(now, 2, rank(1000, u32::MAX), false);
+            }
+            net.step_at_now();
+        }
+        assert_eq!(net.masters(), vec![1]);
+    }
+
+    #[test]
+    fn a_claimant_that_comes_and_goes_never_settles() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
+        net.steps(6);
+        assert_eq!(net.masters(), vec![0]);
+        // Node 7 claims the best rank for two heartbeats, leaves for two,
+        // again and again: it never becomes master in anyone's view.
+        for round in 0..20 {
+            for k in 0..4 {
+                net.now += Timing::default().heartbeat_ms;
+                let now = Timestamp(net.now);
+                for n in net.nodes.iter_mut().flatten() {
+                    if k < 2 {
+                        n.handle_heard(now, 7, rank(1000, u32::MAX), true);
+                    } else if k == 2 {
+                        n.handle_gone(now, 7);
+                    }
+                }
+                net.step_at_now();
+                assert_eq!(net.masters(), vec![0], "round {round}");
+                assert!(
+                    net.views().iter().all(|v| *v == Some(0)),
+                    "round {round}: {:?}",
+                    net.views()
+                );
+            }
+        }
     }
 
     #[test]
@@ -740,35 +1014,87 @@ mod tests {
         assert_eq!(net.masters(), vec![1]);
     }
 
+    fn drain(e: &mut Election<u32>) -> Vec<Action<u32>> {
+        std::iter::from_fn(|| e.poll_action()).collect()
+    }
+
     #[test]
-    fn two_claimants_resolve_to_the_better_one() {
+    fn two_claimants_resolve_to_the_better_one_once_settled() {
         let t = Timing::default();
-        let mut a = Election::new(1u32, rank(0, 1), t, 0);
-        let mut b = Election::new(2u32, rank(0, 1), t, 0);
+        let mut a = Election::new(1u32, rank(0, 1), t, Timestamp(0));
+        let mut b = Election::new(2u32, rank(0, 1), t, Timestamp(0));
         // Each settles alone (a partition), each claims.
-        a.handle(Event::Tick, 2_000);
-        b.handle(Event::Tick, 2_000);
+        a.handle_timeout(Timestamp(2_000));
+        b.handle_timeout(Timestamp(2_000));
         assert!(a.is_master() && b.is_master());
-        // The partition heals.
-        let acts = b.handle(
-            Event::Heard {
-                from: 1,
-                rank: a.rank(),
-                claims: true,
-            },
-            2_100,
-        );
-        assert!(acts.contains(&Action::StepDown));
-        a.handle(
-            Event::Heard {
-                from: 2,
-                rank: b.rank(),
-                claims: false,
-            },
-            2_100,
-        );
+        // The partition heals: b keeps its role until a's claim has held
+        // for the grace, then steps down.
+        b.handle_heard(Timestamp(2_100), 1, a.rank(), true);
+        assert!(b.is_master(), "not within the grace");
+        b.handle_heard(Timestamp(2_600), 1, a.rank(), true);
+        b.handle_heard(Timestamp(3_200), 1, a.rank(), true);
+        b.handle_timeout(Timestamp(3_200));
+        assert!(drain(&mut b).contains(&Action::StepDown));
+        a.handle_heard(Timestamp(3_200), 2, b.rank(), false);
         assert!(a.is_master() && !b.is_master());
         assert_eq!(b.master(), Some(&1));
+    }
+
+    #[test]
+    fn a_claimant_out_of_nowhere_does_not_unseat_the_master_at_once() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
+        net.steps(6);
+        assert_eq!(net.masters(), vec![0]);
+        // A stranger claims the best possible rank; the master holds on
+        // for the grace, then yields; the stranger is banned (it served
+        // nothing) and the master takes the role back.
+        let best = Rank {
+            complete: true,
+            held_permille: 1000,
+            has_base: true,
+            weight: u32::MAX,
+            free_mib: u64::MAX,
+        };
+        let now = Timestamp(net.now + 100);
+        let e = net.nodes[0].as_mut().unwrap();
+        e.handle_heard(now, 99, best, true);
+        assert!(e.is_master(), "yielded at once");
+        e.handle_banned(Timestamp(net.now + 200), 99);
+        e.handle_heard(Timestamp(net.now + 300), 99, best, true);
+        e.handle_timeout(Timestamp(net.now + 2_000));
+        assert!(e.is_master());
+    }
+
+    #[test]
+    fn a_withdrawn_master_stops_claiming_and_another_takes_over() {
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1)]);
+        net.steps(6);
+        assert_eq!(net.masters(), vec![0]);
+        let now = Timestamp(net.now);
+        net.nodes[0].as_mut().unwrap().handle_withdraw(now, true);
+        net.steps(6);
+        assert_eq!(net.masters(), vec![1]);
+        assert_eq!(net.nodes[0].as_ref().unwrap().rank().weight, 0);
+    }
+
+    #[test]
+    fn announcements_come_once_per_heartbeat() {
+        let t = Timing::default();
+        let mut e = Election::new(1u32, rank(0, 1), t, Timestamp(0));
+        assert_eq!(e.poll_timeout(), Some(Timestamp(0)));
+        e.handle_timeout(Timestamp(0));
+        let n = drain(&mut e)
+            .iter()
+            .filter(|a| matches!(a, Action::Announce { .. }))
+            .count();
+        assert_eq!(n, 1);
+        assert_eq!(e.poll_timeout(), Some(Timestamp(t.heartbeat_ms)));
+        e.handle_timeout(Timestamp(10));
+        assert!(
+            drain(&mut e)
+                .iter()
+                .all(|a| !matches!(a, Action::Announce { .. }))
+        );
     }
 
     #[test]

@@ -99,7 +99,9 @@ pub fn parse(raw: &[u8], hash: &ContentHash) -> Option<Parsed> {
     }
     Some(Parsed {
         content_len,
-        ranges: crate::swarm::merge(&ranges),
+        ranges: crate::rangeset::RangeSet::from_ranges(&ranges)
+            .ranges()
+            .to_vec(),
         valid_len: valid as u64,
     })
 }

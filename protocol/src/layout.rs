@@ -18,6 +18,11 @@ use crate::manifest::PackageName;
 /// The DP's public key file.
 pub const PUBLIC_KEY: &str = "dp.pub";
 
+/// Previous versions a version's needs lists start from (with the version
+/// itself, ConfigMgr BDR's window of five): a receiver holding one of them
+/// rebuilds with needs lists; one further behind uses client-side RDC.
+pub const WINDOW: usize = 4;
+
 /// A content.
 pub fn content(h: &ContentHash) -> String {
     format!("content/{}/{}", h.shard(), h)

@@ -27,11 +27,13 @@ pub mod manifest;
 pub mod needs;
 pub mod needsfile;
 pub mod publish;
+pub mod rangeset;
 pub mod rdc;
 pub mod sigstore;
 pub mod status;
 pub mod swarm;
 pub mod time;
+pub mod transfer;
 pub mod wire;
 
 pub use hash::ContentHash;

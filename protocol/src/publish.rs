@@ -22,7 +22,7 @@ use crate::manifest::{Manifest, RelPath};
 use crate::rdc::Traits;
 
 /// Previous versions that get needs lists.
-pub const WINDOW: usize = 4;
+pub use crate::layout::WINDOW;
 /// Fewest equal traits (of 16) for a moved file to use a different file as its base.
 pub const MIN_TRAIT_MATCHES: usize = 4;
 /// Most candidates compared for one moved file (the closest in size).

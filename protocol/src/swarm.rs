@@ -25,15 +25,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::rangeset::RangeSet;
+
 /// Range requests a holder serves at once by default; more get "busy".
 pub const DEFAULT_UPLOAD_SLOTS: u32 = 6;
 
 /// Whether a holder with `slots` upload slots (0: no limit), already
-/// serving `others` range requests, answers a new one "busy": new blocks
-/// then spread from the first peers that got them instead of queueing at
-/// one.
-pub fn busy(others: u32, slots: u32) -> bool {
-    slots > 0 && others >= slots
+/// serving `others` range requests, of which `of_peer` to the asking peer,
+/// answers a new one "busy": new blocks then spread from the first peers
+/// that got them instead of queueing at one, and no peer holds more than
+/// half the slots (a slow or greedy reader cannot take them all).
+pub fn busy(others: u32, of_peer: u32, slots: u32) -> bool {
+    slots > 0 && (others >= slots || of_peer >= (slots / 2).max(1))
 }
 
 /// One unit of a content: a target byte range with a hash.
@@ -49,7 +52,7 @@ pub struct Unit {
 
 /// Where a unit comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum From<P> {
+pub enum Source<P> {
     /// Our own base content on disk.
     Local,
     /// A peer that holds these target bytes.
@@ -60,16 +63,16 @@ pub enum From<P> {
     Dp,
 }
 
-/// What the scheduler knows about the subnet for one content.
+/// What the scheduler knows about the subnet for one content. Holders'
+/// ranges are borrowed: building a view copies no coverage.
 #[derive(Debug, Clone)]
-pub struct View<P> {
+pub struct View<'a, P> {
     /// Whether we hold the base content.
     pub have_base: bool,
     /// Whether we may use the WAN (we are master).
     pub may_use_dp: bool,
-    /// Per peer: the target ranges it holds verified, merged (sorted and
-    /// disjoint, as [`merge`] gives them).
-    pub holders: BTreeMap<P, Vec<(u64, u64)>>,
+    /// Per peer: the target ranges it holds verified.
+    pub holders: BTreeMap<P, &'a RangeSet>,
     /// Peers that hold the base content whole.
     pub base_holders: BTreeSet<P>,
     /// Peers banned for this transfer.
@@ -79,7 +82,7 @@ pub struct View<P> {
     pub busy: BTreeSet<P>,
 }
 
-impl<P> Default for View<P> {
+impl<P> Default for View<'_, P> {
     fn default() -> Self {
         View {
             have_base: false,
@@ -92,22 +95,28 @@ impl<P> Default for View<P> {
     }
 }
 
-/// The decision for the units not yet done: `(unit index, source)`;
-/// units missing from the answer wait.
-pub fn assign<P: Ord + Clone>(
-    units: &[Unit],
-    done: impl Fn(usize, &Unit) -> bool,
-    view: &View<P>,
-) -> Vec<(usize, From<P>)> {
-    let mut load: BTreeMap<P, u64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, u) in units.iter().enumerate() {
-        if done(i, u) {
-            continue;
+/// The decision unit by unit, in the order of the module doc, spreading
+/// load over holders as it goes: [`assign`] decides all units at once; the
+/// transfer state machine asks one unit at a time and stops when its
+/// requests in flight are at their caps.
+#[derive(Debug, Clone)]
+pub struct Scheduler<P> {
+    load: BTreeMap<P, u64>,
+}
+
+impl<P: Ord + Clone> Default for Scheduler<P> {
+    fn default() -> Self {
+        Scheduler {
+            load: BTreeMap::new(),
         }
+    }
+}
+
+impl<P: Ord + Clone> Scheduler<P> {
+    /// Where unit `u` comes from, or `None`: it waits.
+    pub fn decide(&mut self, u: &Unit, view: &View<'_, P>) -> Option<Source<P>> {
         if u.seed_offset.is_some() && view.have_base {
-            out.push((i, From::Local));
-            continue;
+            return Some(Source::Local);
         }
         let end = u.offset + u.len;
         let mut held = false;
@@ -115,69 +124,50 @@ pub fn assign<P: Ord + Clone>(
             .holders
             .iter()
             .filter(|(p, _)| !view.banned.contains(*p))
-            .filter(|(_, ranges)| covers(ranges, u.offset, end))
+            .filter(|(_, ranges)| ranges.covers(u.offset, end))
             .inspect(|_| held = true)
             .filter(|(p, _)| !view.busy.contains(*p))
-            .min_by_key(|(p, _)| load.get(*p).copied().unwrap_or(0))
+            .min_by_key(|(p, _)| self.load.get(*p).copied().unwrap_or(0))
             .map(|(p, _)| p.clone());
         if let Some(p) = holder {
-            *load.entry(p.clone()).or_default() += u.len;
-            out.push((i, From::Peer(p)));
-            continue;
+            *self.load.entry(p.clone()).or_default() += u.len;
+            return Some(Source::Peer(p));
         }
         if held {
             // Only busy peers hold it: wait for a free slot (never the
             // WAN, nor a base holder, for bytes the subnet has).
-            continue;
+            return None;
         }
         if u.seed_offset.is_some() {
             let alt = view
                 .base_holders
                 .iter()
                 .filter(|p| !view.banned.contains(*p))
-                .min_by_key(|p| load.get(*p).copied().unwrap_or(0))
+                .min_by_key(|p| self.load.get(*p).copied().unwrap_or(0))
                 .cloned();
             if let Some(p) = alt {
-                *load.entry(p.clone()).or_default() += u.len;
-                out.push((i, From::AltCopy(p)));
-                continue;
+                *self.load.entry(p.clone()).or_default() += u.len;
+                return Some(Source::AltCopy(p));
             }
         }
-        if view.may_use_dp {
-            out.push((i, From::Dp));
-        }
+        view.may_use_dp.then_some(Source::Dp)
     }
-    out
 }
 
-/// Whether merged `ranges` (sorted and disjoint, as [`merge`] gives them)
-/// cover `start..end`: a binary search, so a scheduler can ask it for every
-/// unit of every holder.
-pub fn covers(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
-    if start >= end {
-        return true;
-    }
-    let i = ranges.partition_point(|(o, _)| *o <= start);
-    i.checked_sub(1)
-        .and_then(|i| ranges.get(i))
-        .is_some_and(|(o, l)| o + l >= end)
-}
-
-/// Merges ranges into a sorted list of disjoint ranges (what a peer
-/// announces as held).
-pub fn merge(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|r| r.1 > 0).collect();
-    sorted.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (o, l) in sorted {
-        match out.last_mut() {
-            Some(last) if o <= last.0 + last.1 => {
-                last.1 = last.1.max(o + l - last.0);
-            }
-            _ => out.push((o, l)),
-        }
-    }
-    out
+/// The decision for the units not yet done: `(unit index, source)`;
+/// units missing from the answer wait.
+pub fn assign<P: Ord + Clone>(
+    units: &[Unit],
+    done: impl Fn(usize, &Unit) -> bool,
+    view: &View<'_, P>,
+) -> Vec<(usize, Source<P>)> {
+    let mut s = Scheduler::default();
+    units
+        .iter()
+        .enumerate()
+        .filter(|(i, u)| !done(*i, u))
+        .filter_map(|(i, u)| s.decide(u, view).map(|src| (i, src)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -186,11 +176,16 @@ mod tests {
 
     #[test]
     fn a_holder_is_busy_once_its_slots_are_taken_and_never_without_a_limit() {
-        assert!(!busy(0, 2));
-        assert!(!busy(1, 2));
-        assert!(busy(2, 2));
-        assert!(busy(3, 2));
-        assert!(!busy(1000, 0));
+        assert!(!busy(0, 0, 2));
+        assert!(!busy(1, 0, 2));
+        assert!(busy(2, 0, 2));
+        assert!(busy(3, 0, 2));
+        assert!(!busy(1000, 1000, 0));
+        // One peer gets half the slots at most.
+        assert!(!busy(2, 2, 6));
+        assert!(busy(3, 3, 6));
+        assert!(!busy(3, 0, 6));
+        assert!(busy(1, 1, 2));
     }
 
     fn units() -> Vec<Unit> {
@@ -220,20 +215,21 @@ mod tests {
 
     #[test]
     fn local_seed_first_then_holders_then_dp_for_the_master_only() {
-        let mut v: View<u8> = View {
+        let mut v: View<'_, u8> = View {
             have_base: true,
             may_use_dp: true,
             ..View::default()
         };
-        v.holders.insert(7, vec![(100, 50)]);
+        let r7 = RangeSet::from_ranges(&[(100, 50)]);
+        v.holders.insert(7, &r7);
         let a = assign(&units(), |_, _| false, &v);
         assert_eq!(
             a,
             vec![
-                (0, From::Local),
-                (1, From::Peer(7)),
-                (2, From::Local),
-                (3, From::Dp)
+                (0, Source::Local),
+                (1, Source::Peer(7)),
+                (2, Source::Local),
+                (3, Source::Dp)
             ]
         );
         v.may_use_dp = false;
@@ -243,35 +239,37 @@ mod tests {
 
     #[test]
     fn alt_copy_when_the_base_is_elsewhere_and_bans_hold() {
-        let mut v: View<u8> = View {
+        let mut v: View<'_, u8> = View {
             may_use_dp: true,
             ..View::default()
         };
         v.base_holders.insert(3);
-        v.holders.insert(5, vec![(0, 260)]);
+        let all = RangeSet::whole(260);
+        v.holders.insert(5, &all);
         v.banned.insert(5);
         let a = assign(&units(), |_, _| false, &v);
         assert_eq!(
             a,
             vec![
-                (0, From::AltCopy(3)),
-                (1, From::Dp),
-                (2, From::AltCopy(3)),
-                (3, From::Dp)
+                (0, Source::AltCopy(3)),
+                (1, Source::Dp),
+                (2, Source::AltCopy(3)),
+                (3, Source::Dp)
             ]
         );
     }
 
     #[test]
     fn done_units_are_skipped_and_load_is_spread() {
-        let mut v: View<u8> = View::default();
-        v.holders.insert(1, vec![(0, 260)]);
-        v.holders.insert(2, vec![(0, 260)]);
+        let mut v: View<'_, u8> = View::default();
+        let all = RangeSet::whole(260);
+        v.holders.insert(1, &all);
+        v.holders.insert(2, &all);
         let a = assign(&units(), |_, u| u.offset == 100, &v);
         let by: Vec<u8> = a
             .iter()
             .filter_map(|(_, f)| match f {
-                From::Peer(p) => Some(*p),
+                Source::Peer(p) => Some(*p),
                 _ => None,
             })
             .collect();
@@ -280,38 +278,21 @@ mod tests {
     }
 
     #[test]
-    fn coverage_and_merging() {
-        let m = merge(&[(10, 5), (0, 10), (20, 10)]);
-        assert_eq!(m, vec![(0, 15), (20, 10)]);
-        assert!(covers(&m, 2, 15));
-        assert!(covers(&m, 0, 15));
-        assert!(!covers(&m, 14, 21));
-        assert!(covers(&m, 20, 30));
-        assert!(!covers(&m, 25, 31));
-        assert!(!covers(&merge(&[(0, 10), (11, 5)]), 2, 15));
-        assert!(covers(&[], 5, 5));
-        assert!(!covers(&[], 0, 1));
-        assert_eq!(
-            merge(&[(10, 5), (0, 10), (20, 1), (15, 0)]),
-            vec![(0, 15), (20, 1)]
-        );
-    }
-
-    #[test]
     fn busy_holders_are_avoided_and_never_sent_to_the_dp() {
-        let mut v: View<u32> = View {
+        let mut v: View<'_, u32> = View {
             may_use_dp: true,
             ..View::default()
         };
-        v.holders.insert(1, vec![(0, 1000)]);
-        v.holders.insert(2, vec![(100, 50)]);
+        let (a, b) = (RangeSet::whole(1000), RangeSet::from_ranges(&[(100, 50)]));
+        v.holders.insert(1, &a);
+        v.holders.insert(2, &b);
         v.busy.insert(1);
         let a = assign(&units(), |_, _| false, &v);
         // Unit at 100 from the free peer 2; the others only busy peer 1
         // holds: they wait, they do not go to the DP.
-        assert_eq!(a, vec![(1, From::Peer(2))]);
+        assert_eq!(a, vec![(1, Source::Peer(2))]);
         v.busy.clear();
         let a = assign(&units(), |_, _| false, &v);
-        assert!(a.iter().all(|(_, f)| matches!(f, From::Peer(_))), "{a:?}");
+        assert!(a.iter().all(|(_, f)| matches!(f, Source::Peer(_))), "{a:?}");
     }
 }

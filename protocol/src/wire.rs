@@ -20,7 +20,7 @@ use crate::manifest::PackageName;
 pub const PROTOCOL: &str = "/peerdelta/subnet/1";
 
 /// Version of these messages (also inside [`Announce`]).
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// Largest request accepted.
 pub const MAX_REQUEST: usize = 256 << 10;
@@ -33,6 +33,10 @@ pub const MAX_RESPONSE: usize = 64 << 20;
 
 /// Most contents one `Has` request may ask about.
 pub const MAX_HAS: usize = 4096;
+
+/// Most ranges the news of one [`Announce`] carries in all; a sender with
+/// more news sends what fits, and peers learn the rest when they ask.
+pub const MAX_HAVE_RANGES: usize = 1024;
 
 /// An agent's periodic announcement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +52,18 @@ pub struct Announce {
     pub weight: u32,
     /// The sender's elections.
     pub candidacies: Vec<Candidacy>,
+    /// News: what the sender verified since its previous announcement, so
+    /// peers waiting for it need not ask ([`MAX_HAVE_RANGES`] in all).
+    pub have: Vec<Have>,
+}
+
+/// Target ranges of one content the sender newly holds verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Have {
+    /// The content.
+    pub content: ContentHash,
+    /// `(offset, len)` ranges.
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// One election the sender takes part in.
@@ -228,6 +244,10 @@ mod tests {
                     free_mib: 9,
                 },
                 claims: true,
+            }],
+            have: vec![Have {
+                content: ContentHash::of(b"c"),
+                ranges: vec![(0, 10), (20, 5)],
             }],
         });
         assert_eq!(decode_request(&encode_request(&a)).ok(), Some(a));

@@ -62,7 +62,7 @@ impl Content {
         let origin_total = (size as f64 * p.changed) as u64;
         // Changed regions and the unchanged stretches between them: equal,
         // or (the default) exponentially distributed sizes, as edits are.
-        let mut rng = crate::sim::Rng::new(seed ^ 0xC0_FFEE);
+        let mut rng = crate::rng::Rng::new(seed ^ 0xC0_FFEE);
         let mut weights = |n: usize| -> Vec<f64> {
             (0..n)
                 .map(|_| {

@@ -1,19 +1,29 @@
 //! peerdelta-simnet: a deterministic discrete-event simulator of branch
-//! subnets that runs the agent's own decisions, `protocol::election` and
-//! `protocol::swarm`, over simulated WAN links, LANs and faults, so what a
-//! rollout costs the WAN, how long it takes and what master crashes do is
-//! measured before it happens.
+//! subnets that runs the agent's own state machines, `protocol::election`
+//! and `protocol::transfer`, over simulated WAN links, LANs and faults, so
+//! what a rollout costs the WAN, how long it takes and what crashes, DP
+//! outages and lying peers do is measured before it happens.
 //!
-//! - [`scenario`]: the TOML a scenario is written in;
-//! - [`content`]: the update's units (synthetic or from real files);
-//! - [`sim`]: the event loop and the models;
+//! Layers, each using only those above it:
+//!
+//! - [`scenario`]: the TOML a scenario is written in; [`rng`]: the seeded
+//!   generator; [`content`]: the update's units (synthetic or from real
+//!   files);
+//! - [`link`]: DP, WAN and LAN links as FIFO servers; [`agent`]: one
+//!   agent's state;
+//! - [`sim`]: the event loop that drives the state machines;
+//!   [`faults`]: crashes, outages and rogue peers;
 //! - [`report`]: the JSON report; [`plot`]: its SVG plots.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod content;
+pub mod faults;
+pub mod link;
 pub mod plot;
 pub mod report;
+pub mod rng;
 pub mod scenario;
 pub mod sim;
 

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::sim::{BranchOutcome, Outcome, Sources};
+use crate::agent::Sources;
+use crate::sim::{BranchOutcome, Outcome};
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +50,14 @@ pub struct RunResult {
     pub elections: u64,
     /// Of which re-elections.
     pub reelections: u64,
+    /// Bans of rogue peers by honest agents.
+    pub rogue_bans: u64,
+    /// Bans of honest peers (crashed ones: their claims were not backed).
+    pub honest_bans: u64,
+    /// Times a non-master used the DP because its subnet stalled.
+    pub stall_fallbacks: u64,
+    /// Transient DP errors waited out.
+    pub dp_errors: u64,
     /// Per branch.
     pub per_branch: Vec<BranchOutcome>,
     /// Broken invariants (a run with any fails).
@@ -117,6 +126,10 @@ impl RunResult {
             ],
             elections,
             reelections: elections - elected_branches,
+            rogue_bans: o.trace.rogue_bans,
+            honest_bans: o.trace.honest_bans,
+            stall_fallbacks: o.stall_fallbacks,
+            dp_errors: o.trace.dp_errors,
             per_branch: o.branches.clone(),
             violations: o.trace.violations.clone(),
         }
@@ -130,7 +143,8 @@ impl RunResult {
              WAN: {:.3} GB in all; per branch min {:.3} / mean {:.3} / max {:.3} GB\n\
              sources: local {:.2} GB, alt-copy {:.2} GB, LAN peers {:.2} GB, DP {:.3} GB\n\
              finished {} (unfinished {}); completion p50 {:.1} s, p90 {:.1} s, p99 {:.1} s, max {:.1} s\n\
-             elections {} (re-elections {}); simulated {:.1} s, {} events; invariants: {}",
+             elections {} (re-elections {}); bans: {} rogue, {} honest; stall fallbacks {}; DP errors {}\n\
+             simulated {:.1} s, {} events; invariants: {}",
             self.scenario,
             self.agents,
             self.branches,
@@ -152,6 +166,10 @@ impl RunResult {
             self.completion_s[3],
             self.elections,
             self.reelections,
+            self.rogue_bans,
+            self.honest_bans,
+            self.stall_fallbacks,
+            self.dp_errors,
             self.sim_seconds,
             self.events,
             if self.violations.is_empty() {

@@ -23,15 +23,17 @@
 //! # old = "v1.bin"
 //! # new = "v2.bin"
 //!
-//! [timing]                         # protocol::election::Timing, and polling
+//! [timing]                         # protocol::election::Timing and protocol::transfer::Config
 //! heartbeat_ms = 500
 //! master_timeout_ms = 3000
 //! settle_ms = 1500
 //! reelect_s = 300
-//! poll_ms = 100                    # a waiting peer looks again this often
-//! dp_concurrency = 4               # master: DP requests in flight
+//! dp_concurrency = 4               # DP requests in flight (master, or a stalled peer)
+//! dp_request_kib = 4096            # most bytes in one DP request
 //! lan_concurrency = 8              # any agent: LAN requests in flight
 //! upload_slots = 6                 # LAN requests answered at once; more: "busy"
+//! coverage_refresh_ms = 10000      # coverage asked again without news for this long
+//! stall_s = 60                     # a non-master without progress uses the DP after this
 //!
 //! [[branches]]                     # a group of identical branches
 //! count = 1
@@ -48,11 +50,12 @@
 //! weight0 = 0.0                    # fraction with election weight 0
 //!
 //! [[faults]]
-//! kind = "master_crash"            # master_crash | agent_crash | agent_leave | agent_join | dp_outage | link_cut
+//! kind = "master_crash"            # master_crash | agent_crash | agent_leave | agent_join | dp_outage | link_cut | rogue
 //! at_fraction = 0.3                # of the master's DP bytes (master_crash), or
 //! # at_s = 12.5
 //! branch = 0                       # index; omitted: every branch
-//! # end_s = 60                     # link_cut: when the link comes back
+//! # end_s = 60                     # link_cut, dp_outage: when it is back
+//! # behaviour = "silent_master"    # rogue: silent_master | not_found | busy | slow_reader | flapping
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -206,7 +209,7 @@ fn needs_bytes() -> u64 {
     30_000
 }
 
-/// Election timing and concurrency.
+/// Election timing, transfer timing and concurrency.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimingSpec {
@@ -218,28 +221,36 @@ pub struct TimingSpec {
     pub settle_ms: u64,
     /// Periodic re-election, seconds.
     pub reelect_s: u64,
-    /// A waiting peer looks at the subnet again this often.
-    pub poll_ms: u64,
-    /// DP requests in flight (master).
+    /// DP requests in flight.
     pub dp_concurrency: u32,
+    /// Most bytes in one DP request, KiB (an agent's `request_bytes`).
+    pub dp_request_kib: u64,
     /// LAN requests in flight (per agent).
     pub lan_concurrency: u32,
     /// LAN requests an agent answers at once; more get "busy" (0: no limit).
     pub upload_slots: u32,
+    /// A peer's coverage is asked again when nothing was heard of it for
+    /// this long.
+    pub coverage_refresh_ms: u64,
+    /// A non-master without progress for this long uses the DP itself.
+    pub stall_s: u64,
 }
 
 impl Default for TimingSpec {
     fn default() -> Self {
         let t = peerdelta_protocol::election::Timing::default();
+        let c = peerdelta_protocol::transfer::Config::default();
         TimingSpec {
             heartbeat_ms: t.heartbeat_ms,
             master_timeout_ms: t.master_timeout_ms,
             settle_ms: t.settle_ms,
             reelect_s: t.reelect_ms / 1000,
-            poll_ms: 100,
-            dp_concurrency: 4,
-            lan_concurrency: 8,
+            dp_concurrency: c.dp_in_flight as u32,
+            dp_request_kib: c.dp_request_bytes >> 10,
+            lan_concurrency: c.lan_in_flight as u32,
             upload_slots: peerdelta_protocol::swarm::DEFAULT_UPLOAD_SLOTS,
+            coverage_refresh_ms: c.coverage_refresh_ms,
+            stall_s: c.stall_ms / 1000,
         }
     }
 }
@@ -323,6 +334,26 @@ pub struct Fault {
     pub agents: u64,
     /// End of a window (link cut, DP outage).
     pub end_s: Option<f64>,
+    /// What a rogue peer does.
+    pub behaviour: Option<Misbehaviour>,
+}
+
+/// How a rogue peer misbehaves (the same five as the tests' rogue binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misbehaviour {
+    /// Announces the best rank and claims the master role; never answers.
+    SilentMaster,
+    /// Announces the target complete and holding everything (every
+    /// heartbeat); answers every request "not found".
+    NotFound,
+    /// The same claims; answers every request "busy".
+    Busy,
+    /// Holds as many upload slots of every holder as it may, reading slowly.
+    SlowReader,
+    /// Announces the best rank and a claim for one second, leaves for one,
+    /// again and again; answers nothing.
+    Flapping,
 }
 
 /// Fault kinds.
@@ -341,6 +372,8 @@ pub enum FaultKind {
     DpOutage,
     /// The branch's WAN link is down from `at_s` to `end_s`.
     LinkCut,
+    /// A rogue peer joins the branch (`behaviour` says what it does).
+    Rogue,
 }
 
 impl Scenario {
@@ -471,15 +504,17 @@ impl Scenario {
         let t = &self.timing;
         let ms_ok = |v: u64| (1..=86_400_000).contains(&v);
         if !ms_ok(t.heartbeat_ms)
-            || !ms_ok(t.poll_ms)
+            || !ms_ok(t.coverage_refresh_ms)
             || !ms_ok(t.master_timeout_ms)
+            || t.stall_s > 86_400
             || t.settle_ms > 86_400_000
             || t.reelect_s > 86_400 * 366
             || t.dp_concurrency == 0
             || t.lan_concurrency == 0
+            || !(16..=1 << 20).contains(&t.dp_request_kib)
         {
             return bad(
-                "timing: heartbeat_ms, poll_ms, master_timeout_ms 1 ms..1 day; concurrencies positive"
+                "timing: heartbeat_ms, coverage_refresh_ms, master_timeout_ms 1 ms..1 day, stall_s up to a day; concurrencies positive; dp_request_kib 16..1048576"
                     .into(),
             );
         }
@@ -496,6 +531,11 @@ impl Scenario {
             }
             if matches!(f.kind, FaultKind::DpOutage | FaultKind::LinkCut) && f.end_s.is_none() {
                 return bad(format!("faults[{i}]: {:?} needs end_s", f.kind));
+            }
+            if (f.kind == FaultKind::Rogue) != f.behaviour.is_some() {
+                return bad(format!(
+                    "faults[{i}]: behaviour goes with kind = \"rogue\", and only there"
+                ));
             }
             if f.at_s.is_some_and(|t| !time_ok(t))
                 || f.end_s
@@ -527,13 +567,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.branches[0].agents, 5);
-        assert_eq!(s.timing.poll_ms, 100);
+        assert_eq!(s.timing.stall_s, 60);
         for bad in [
             "name = \"x\"\n[package]\nsize_mib = 64\nbranches = []\n",
             "name = \"x\"\n[package]\nsize_mib = 64\n[[branches]]\nagents = 5\nbase = 2\n",
             "name = \"x\"\n[package]\n[[branches]]\nagents = 5\n",
             "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\nagents = 5\n[[faults]]\nkind = \"link_cut\"\nat_s = 1\n",
             "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\nagents = 5\nsurprise = 1\n",
+            "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\nagents = 5\n[[faults]]\nkind = \"rogue\"\nat_s = 1\n",
+            "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\nagents = 5\n[[faults]]\nkind = \"agent_crash\"\nat_s = 1\nbehaviour = \"busy\"\n",
         ] {
             assert!(Scenario::parse(bad).is_err(), "{bad}");
         }

@@ -2,233 +2,102 @@
 //! (time, sequence), a seeded generator, so a scenario and a seed give the
 //! same run byte for byte.
 //!
-//! What is modelled:
+//! Agents run the daemon's state machines: per package version an
+//! [`Election`] (heartbeats, announcements, departures, bans) and a
+//! [`Transfer`] that decides every request, deadline, ban, stall and DP
+//! retry; simnet only carries out what they ask over simulated links
+//! ([`crate::link`]) and feeds the results back, as the daemon does over
+//! libp2p and HTTP. What simnet adds is the world: when bytes arrive, who
+//! is alive, which peers lie ([`crate::faults`]).
 //!
-//! - links as FIFO servers at unit granularity: the DP's uplink (shared by
-//!   every branch), each branch's WAN link (shared by its flows; packet loss
-//!   caps a flow at the Mathis et al. TCP rate), each agent's LAN port (a
-//!   switched LAN: a transfer holds the sender's and the receiver's ports);
-//! - agents as the daemon runs them: per package version an
-//!   [`Election`] fed with heartbeats, `Gone` on disconnection and its own
-//!   rank; transfers in rounds as `get`'s `lan_runs` does: each round asks
-//!   [`swarm::assign`] where every unit comes from, moves the LAN units
-//!   (`lan_concurrency` at a time), and when only DP units are left the
-//!   master fetches them (`dp_concurrency` at a time); a peer with nothing
-//!   to take looks again every `poll_ms`;
-//! - faults: master crash (SIGKILL: peers see the connection drop), agent
-//!   crash (silent: peers notice by timeout), leave, join, DP outage, WAN
-//!   link cut. Requests during an outage or cut wait for its end.
-//!
-//! Simplifications (see the README): seed runs from a local base and disk
-//! writes take no time; a request is one unit (no coalescing); the manifest
-//! and needs list travel as one small transfer.
+//! Simplifications (see the README): the package is one content; the
+//! manifest and needs list travel as one item; seed runs from a local base
+//! and disk writes take no time; a coverage question is answered at once
+//! (a LAN round trip is far below every timer); news of verified ranges
+//! travels with the heartbeat announcements, as on the wire.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
-use peerdelta_protocol::election::{Action, Election, Event, Rank, Timing};
-use peerdelta_protocol::swarm::{self, From, Unit, View};
+use peerdelta_protocol::election::{Action as Decision, Election, Timing};
+use peerdelta_protocol::swarm::{self, Unit};
+use peerdelta_protocol::time::Timestamp;
+use peerdelta_protocol::transfer::{
+    self, Action, ContentId, ItemFrom, ItemId, Outcome as End, RequestId, RunsFrom, Transfer,
+};
 
+use crate::agent::{Agent, Holding, Pending, Sources};
 use crate::content::Content;
-use crate::scenario::{FaultKind, Scenario};
+use crate::link::{self, Link, Ports, SEC, Us, Wan};
+use crate::rng::Rng;
+use crate::scenario::{FaultKind, Misbehaviour, Scenario};
 
-/// Microseconds of simulated time.
-pub type Us = u64;
-
-const SEC: f64 = 1e6;
-
-/// A small deterministic generator (splitmix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_5EED)
-    }
-    /// Next 64 bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in 0..n.
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-}
-
-/// A link: a FIFO server with a rate and a latency.
-#[derive(Debug, Clone)]
-struct Link {
-    us_per_byte: f64,
-    latency: Us,
-    busy: Us,
-}
-
-impl Link {
-    fn new(mbps: f64, latency_ms: f64) -> Link {
-        Link {
-            us_per_byte: 8.0 / mbps,
-            latency: (latency_ms * 1000.0) as Us,
-            busy: 0,
-        }
-    }
-}
-
-/// What an agent held when the update started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holding {
-    /// A base version within the window (needs lists exist).
-    Base,
-    /// A version 6+ behind (client-side RDC when master alone).
-    Old,
-    /// Nothing.
-    Nothing,
-    /// The target itself.
-    Target,
-}
-
-/// Bytes by source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Sources {
-    /// Seed runs from the agent's own base.
-    pub local: u64,
-    /// Seed runs alt-copied from a peer's base.
-    pub alt_copy: u64,
-    /// Target bytes from a peer.
-    pub lan_peer: u64,
-    /// From the DP (contents, manifest and needs lists).
-    pub dp: u64,
-}
-
-impl Sources {
-    fn add(&mut self, o: &Sources) {
-        self.local += o.local;
-        self.alt_copy += o.alt_copy;
-        self.lan_peer += o.lan_peer;
-        self.dp += o.dp;
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Not asked yet.
-    Idle,
-    /// Waiting for the manifest and needs list.
-    Meta,
-    /// Fetching them.
-    MetaFetch,
-    /// Scheduling rounds.
-    Rounds,
-    /// Done.
-    Done,
-}
-
-/// A DP response on its way: when the link carries it, for accounting a crash.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    unit: u32,
-    start: Us,
-    end: Us,
-    len: u64,
-    sec: usize,
-}
-
-#[derive(Debug)]
-struct Agent {
-    branch: u32,
-    alive: bool,
-    epoch: u32,
-    holding: Holding,
-    weight: u32,
-    election: Option<Election<u32>>,
-    phase: Phase,
-    asked_at: Option<Us>,
-    done_at: Option<Us>,
-    has_meta: bool,
-    done: Vec<bool>,
-    /// How many are done.
-    done_units: usize,
-    /// `done` as bits, to find quickly which peers hold something we lack.
-    bits: Vec<u64>,
-    done_bytes: u64,
-    /// Merged target ranges held (what Coverage answers).
-    coverage: Vec<(u64, u64)>,
-    /// For an agent 6+ behind: the seed units its old version has.
-    old_has: Vec<bool>,
-    lan_queue: VecDeque<(usize, u32, bool)>,
-    lan_inflight: u32,
-    dp_queue: VecDeque<usize>,
-    dp_inflight: u32,
-    dp_pending: Vec<Pending>,
-    parked_at: Option<Us>,
-    src: Sources,
-    /// Stopped without closing its connections (noticed by timeout).
-    silent: bool,
-    /// Its peers were told it is gone.
-    gone_told: bool,
-    /// LAN requests it is answering.
-    uploads: u32,
-    /// Peers that answered "busy" since its last round.
-    busy_seen: std::collections::BTreeSet<u32>,
-}
-
-#[derive(Debug)]
-struct Branch {
-    members: Vec<u32>,
-    wan: Link,
-    wan_cut: Vec<(Us, Us)>,
-    lan_mbps: f64,
-    lan_latency: Us,
-    loss_cap_us_per_byte: f64,
-    parked: Vec<u32>,
-    dp_fetches: Vec<u32>,
-    masters_elected: u64,
-    wan_bytes: u64,
-    content_dp_bytes: u64,
-    crash_at_fraction: Vec<f64>,
-    beating: bool,
-    multi_master_since: Option<Us>,
-    beats: u64,
-}
+/// The manifest and needs list, as one item.
+pub(crate) const META: ItemId = ItemId(0);
+/// Client-side RDC of the whole content (an agent 6+ versions behind).
+pub(crate) const RDC: ItemId = ItemId(1);
+/// The content.
+pub(crate) const C: ContentId = ContentId(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Ev {
+pub(crate) enum Ev {
     Ask(u32),
+    /// A branch's heartbeat.
     Beat(u32),
-    Round(u32, u32),
-    MetaDone(u32, u32),
-    LanDone {
-        agent: u32,
-        epoch: u32,
-        unit: u32,
+    /// An agent's transfer timer (agent, epoch).
+    Timer(u32, u32),
+    /// Something arrives (a slot of [`Sim::slab`]).
+    Deliver(u32),
+    Fault(u32),
+    /// An agent's uptime ends: it shuts down (peers see it go).
+    Leave(u32),
+    /// A flapping rogue comes or goes.
+    Flap(u32),
+}
+
+/// What arrives for a request.
+#[derive(Debug)]
+pub(crate) enum What {
+    /// An answer without data.
+    Answer(End),
+    /// Runs from a peer.
+    Runs {
+        units: Vec<usize>,
         from: u32,
         from_epoch: u32,
         alt: bool,
     },
-    DpDone {
-        agent: u32,
-        epoch: u32,
-        unit: u32,
+    /// Runs from the DP.
+    DpRuns { units: Vec<usize> },
+    /// An item, from a peer (and its epoch) or the DP.
+    Item {
+        item: ItemId,
+        from: Option<(u32, u32)>,
     },
-    Fault(u32),
-    /// An agent's uptime ends: it shuts down (peers see it go).
-    Leave(u32),
-    /// A peer answered "busy" (its upload slots were full).
-    LanBusy {
-        agent: u32,
-        epoch: u32,
-        from: u32,
-    },
-    /// The DP (or the branch's link) is back: a master goes on fetching.
-    DpResume(u32, u32),
+}
+
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub to: u32,
+    pub epoch: u32,
+    pub id: RequestId,
+    pub what: What,
+}
+
+#[derive(Debug)]
+pub(crate) struct Branch {
+    pub members: Vec<u32>,
+    pub wan: Wan,
+    pub lan_mbps: f64,
+    pub lan_latency: Us,
+    pub dp_fetches: Vec<u32>,
+    pub masters_elected: u64,
+    pub wan_bytes: u64,
+    pub content_dp_bytes: u64,
+    pub crash_at_fraction: Vec<f64>,
+    pub beating: bool,
+    pub multi_master_since: Option<Us>,
+    pub beats: u64,
 }
 
 /// Run-time figures gathered for the report.
@@ -242,6 +111,12 @@ pub struct Trace {
     pub elections: Vec<(Us, u32, bool)>,
     /// Broken invariants.
     pub violations: Vec<String>,
+    /// Bans of rogue peers by honest agents.
+    pub rogue_bans: u64,
+    /// Bans of honest peers (a crashed one included).
+    pub honest_bans: u64,
+    /// Transient DP errors the transfers waited out.
+    pub dp_errors: u64,
 }
 
 /// Branches whose WAN series are kept for plots.
@@ -268,8 +143,10 @@ pub struct Outcome {
     pub origin_bytes: u64,
     /// The update's size.
     pub size: u64,
-    /// Agents simulated.
+    /// Agents simulated (rogues excluded).
     pub agents: u64,
+    /// Times an agent used the DP because its subnet stalled.
+    pub stall_fallbacks: u64,
 }
 
 /// One branch's result.
@@ -288,30 +165,38 @@ pub struct BranchOutcome {
 
 /// The simulator.
 pub struct Sim<'a> {
-    sc: &'a Scenario,
-    content: &'a Content,
-    timing: Timing,
-    rng: Rng,
-    now: Us,
+    pub(crate) sc: &'a Scenario,
+    pub(crate) content: &'a Content,
+    pub(crate) timing: Timing,
+    tcfg: transfer::Config,
+    /// The content's units without seeds: what an agent without the base builds.
+    whole_units: Vec<Unit>,
+    pub(crate) rng: Rng,
+    pub(crate) now: Us,
     seq: u64,
     queue: BinaryHeap<Reverse<(Us, u64, Ev)>>,
-    agents: Vec<Agent>,
-    branches: Vec<Branch>,
+    pub(crate) agents: Vec<Agent>,
+    pub(crate) branches: Vec<Branch>,
     dp: Link,
-    dp_outages: Vec<(Us, Us)>,
-    faults: Vec<(FaultKind, Option<u64>, u64, Option<Us>)>,
+    pub(crate) dp_outages: Vec<(Us, Us)>,
+    pub(crate) faults: Vec<(FaultKind, Option<u64>, u64, Option<Misbehaviour>)>,
     events: u64,
-    trace: Trace,
+    pub(crate) trace: Trace,
     limit: Us,
-    /// Per agent: when its LAN port is free, sending and receiving.
-    ports: Vec<(Us, Us)>,
+    ports: Ports,
     /// Work not finished: agents asking and not done, asks and faults to come.
-    open: u64,
+    pub(crate) open: u64,
+    slab: Vec<Option<Delivery>>,
+    free: Vec<u32>,
 }
 
-fn us(s: f64) -> Us {
+pub(crate) fn us(s: f64) -> Us {
     // Scenario times are checked to be finite and at most a year.
     (s.clamp(0.0, 366.0 * 86400.0) * SEC) as Us
+}
+
+pub(crate) fn ts(now: Us) -> Timestamp {
+    Timestamp(now / 1000)
 }
 
 impl<'a> Sim<'a> {
@@ -324,10 +209,27 @@ impl<'a> Sim<'a> {
             settle_ms: t.settle_ms,
             reelect_ms: t.reelect_s * 1000,
         };
+        let tcfg = transfer::Config {
+            dp_in_flight: t.dp_concurrency as usize,
+            dp_request_bytes: t.dp_request_kib << 10,
+            lan_in_flight: t.lan_concurrency as usize,
+            coverage_refresh_ms: t.coverage_refresh_ms,
+            stall_ms: t.stall_s * 1000,
+            ..transfer::Config::default()
+        };
         let mut sim = Sim {
             sc,
             content,
             timing,
+            tcfg,
+            whole_units: content
+                .units
+                .iter()
+                .map(|u| Unit {
+                    seed_offset: None,
+                    ..*u
+                })
+                .collect(),
             rng: Rng::new(seed),
             now: 0,
             seq: 0,
@@ -345,29 +247,20 @@ impl<'a> Sim<'a> {
             events: 0,
             trace: Trace::default(),
             limit: us(sc.limit_s),
-            ports: Vec::new(),
+            ports: Ports::default(),
             open: 0,
+            slab: Vec::new(),
+            free: Vec::new(),
         };
         for g in &sc.branches {
             for _ in 0..g.count {
                 let b = sim.branches.len() as u32;
-                let rtt_s = 2.0 * g.wan_latency_ms / 1000.0;
-                let loss_cap = if g.wan_loss > 0.0 && rtt_s > 0.0 {
-                    // Mathis: rate <= MSS / RTT * 1.22 / sqrt(p), bytes/s.
-                    let rate = 1460.0 / rtt_s * 1.22 / g.wan_loss.sqrt();
-                    SEC / rate
-                } else {
-                    0.0
-                };
                 let with_target = sim.rng.unit() < g.target;
                 let mut branch = Branch {
                     members: Vec::new(),
-                    wan: Link::new(g.wan_mbps, g.wan_latency_ms),
-                    wan_cut: Vec::new(),
+                    wan: Wan::new(g.wan_mbps, g.wan_latency_ms, g.wan_loss),
                     lan_mbps: g.lan_mbps,
                     lan_latency: (g.lan_latency_ms * 1000.0) as Us,
-                    loss_cap_us_per_byte: loss_cap,
-                    parked: Vec::new(),
                     dp_fetches: vec![0; content.units.len()],
                     masters_elected: 0,
                     wan_bytes: 0,
@@ -407,46 +300,12 @@ impl<'a> Sim<'a> {
                 sim.branches.push(branch);
             }
         }
-        for (k, f) in sc.faults.iter().enumerate() {
-            let at = f.at_s.map(us);
-            sim.faults
-                .push((f.kind, f.branch, f.agents, f.end_s.map(us)));
-            match (f.kind, at, f.at_fraction) {
-                (FaultKind::MasterCrash, None, Some(x)) => {
-                    for (i, b) in sim.branches.iter_mut().enumerate() {
-                        if f.branch.is_none_or(|w| w == i as u64) {
-                            b.crash_at_fraction.push(x);
-                        }
-                    }
-                }
-                (FaultKind::DpOutage, Some(at), _) => {
-                    sim.dp_outages.push((at, f.end_s.map_or(at, us)));
-                }
-                (FaultKind::LinkCut, Some(at), _) => {
-                    for (i, b) in sim.branches.iter_mut().enumerate() {
-                        if f.branch.is_none_or(|w| w == i as u64) {
-                            b.wan_cut.push((at, f.end_s.map_or(at, us)));
-                        }
-                    }
-                }
-                (_, Some(at), _) => {
-                    sim.push(at, Ev::Fault(k as u32));
-                    sim.open += 1;
-                }
-                _ => {}
-            }
-        }
-        for b in &mut sim.branches {
-            b.crash_at_fraction
-                .sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-        }
+        sim.schedule_faults();
         sim
     }
 
-    fn add_agent(&mut self, branch: u32, holding: Holding, weight: u32) -> u32 {
+    pub(crate) fn add_agent(&mut self, branch: u32, holding: Holding, weight: u32) -> u32 {
         let n = self.content.units.len();
-        let id = self.agents.len() as u32;
-        let complete = holding == Holding::Target;
         let old_has: Vec<bool> = if holding == Holding::Old {
             (0..n)
                 .map(|_| self.rng.unit() >= self.content.behind_changed)
@@ -454,47 +313,19 @@ impl<'a> Sim<'a> {
         } else {
             Vec::new()
         };
-        self.agents.push(Agent {
+        let id = self.agents.len() as u32;
+        self.agents.push(Agent::new(
             branch,
-            alive: true,
-            epoch: 0,
             holding,
             weight,
-            election: None,
-            phase: if complete { Phase::Done } else { Phase::Idle },
-            asked_at: None,
-            done_at: None,
-            has_meta: false,
-            done: vec![complete; n],
-            done_units: if complete { n } else { 0 },
-            bits: if complete {
-                vec![u64::MAX; n.div_ceil(64)]
-            } else {
-                vec![0; n.div_ceil(64)]
-            },
-            done_bytes: if complete { self.content.size } else { 0 },
-            coverage: if complete {
-                vec![(0, self.content.size)]
-            } else {
-                Vec::new()
-            },
+            n,
+            self.content.size,
             old_has,
-            lan_queue: VecDeque::new(),
-            lan_inflight: 0,
-            dp_queue: VecDeque::new(),
-            dp_inflight: 0,
-            dp_pending: Vec::new(),
-            parked_at: None,
-            src: Sources::default(),
-            silent: false,
-            gone_told: false,
-            uploads: 0,
-            busy_seen: Default::default(),
-        });
+        ));
         id
     }
 
-    fn push(&mut self, at: Us, ev: Ev) {
+    pub(crate) fn push(&mut self, at: Us, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse((at, self.seq, ev)));
     }
@@ -522,122 +353,70 @@ impl<'a> Sim<'a> {
         match ev {
             Ev::Ask(a) => self.ask(a),
             Ev::Beat(b) => self.beat(b),
-            Ev::Round(a, epoch) => {
-                if self.live(a, epoch) && self.agents[a as usize].phase == Phase::Rounds {
-                    self.round(a);
-                } else if self.live(a, epoch) && self.agents[a as usize].phase == Phase::Meta {
-                    self.want_meta(a);
-                }
-            }
-            Ev::MetaDone(a, epoch) => {
-                if self.live(a, epoch) {
-                    let ag = &mut self.agents[a as usize];
-                    ag.has_meta = true;
-                    let b = ag.branch;
-                    if ag.phase == Phase::MetaFetch || ag.phase == Phase::Meta {
-                        ag.phase = Phase::Rounds;
-                        self.round(a);
+            Ev::Timer(a, epoch) => {
+                let now = self.now;
+                let ag = &mut self.agents[a as usize];
+                if ag.alive && ag.epoch == epoch && ag.timer == Some(now) {
+                    ag.timer = None;
+                    if let Some(t) = ag.transfer.as_mut() {
+                        t.handle_timeout(ts(now));
                     }
-                    self.changed(b);
+                    self.drive(a);
                 }
             }
-            Ev::LanDone {
-                agent,
-                epoch,
-                unit,
-                from,
-                from_epoch,
-                alt,
-            } => {
-                if self.live(from, from_epoch) {
-                    let f = &mut self.agents[from as usize];
-                    f.uploads = f.uploads.saturating_sub(1);
-                    // A free upload slot: peers waiting on it look again.
-                    let fb = f.branch;
-                    self.changed(fb);
-                }
-                if !self.live(agent, epoch) {
-                    return;
-                }
-                let ok = self.live(from, from_epoch);
-                let ag = &mut self.agents[agent as usize];
-                ag.lan_inflight -= 1;
-                if ok {
-                    let len = self.content.units[unit as usize].len;
-                    if alt {
-                        ag.src.alt_copy += len;
-                    } else {
-                        ag.src.lan_peer += len;
-                    }
-                    self.mark_done(agent, unit as usize);
-                    let b = self.agents[agent as usize].branch;
-                    self.changed(b);
-                }
-                self.pump_lan(agent);
-            }
-            Ev::DpDone { agent, epoch, unit } => {
-                if !self.live(agent, epoch) {
-                    return;
-                }
-                let ag = &mut self.agents[agent as usize];
-                ag.dp_inflight -= 1;
-                self.mark_done(agent, unit as usize);
-                let b = self.agents[agent as usize].branch;
-                self.changed(b);
-                self.dp_arrived(agent, unit);
-                if self.live(agent, epoch) {
-                    self.pump_dp(agent);
-                }
-            }
+            Ev::Deliver(slot) => self.deliver(slot),
             Ev::Fault(k) => {
                 self.open -= 1;
                 self.fault(k as usize);
             }
             Ev::Leave(a) => self.crash(a, false),
-            Ev::DpResume(a, epoch) => {
-                if self.live(a, epoch) {
-                    let ag = &self.agents[a as usize];
-                    let master = ag.election.as_ref().is_some_and(|e| e.is_master());
-                    if !ag.has_meta && master && ag.phase != Phase::MetaFetch {
-                        self.fetch_meta(a);
-                    } else {
-                        self.pump_dp(a);
-                    }
-                }
-            }
-            Ev::LanBusy { agent, epoch, from } => {
-                if self.live(agent, epoch) {
-                    let ag = &mut self.agents[agent as usize];
-                    ag.lan_inflight -= 1;
-                    ag.busy_seen.insert(from);
-                    self.pump_lan(agent);
-                }
-            }
+            Ev::Flap(a) => self.flap(a),
         }
     }
 
-    fn live(&self, a: u32, epoch: u32) -> bool {
+    pub(crate) fn live(&self, a: u32, epoch: u32) -> bool {
         let ag = &self.agents[a as usize];
         ag.alive && ag.epoch == epoch
     }
 
     fn ask(&mut self, a: u32) {
         let now = self.now;
-        let ag = &mut self.agents[a as usize];
-        if !ag.alive || ag.phase != Phase::Idle {
+        let ag = &self.agents[a as usize];
+        if !ag.alive || ag.asked_at.is_some() {
             // It left before asking: its ask is no longer to come.
             self.open -= 1;
             return;
         }
-        ag.asked_at = Some(now);
-        ag.phase = Phase::Meta;
-        let rank = self.rank(a);
+        let b = ag.branch;
+        let rank = ag.rank(self.content.size, self.now);
         let timing = self.timing;
         let ag = &mut self.agents[a as usize];
-        ag.election = Some(Election::new(a, rank, timing, now / 1000));
-        let b = ag.branch;
+        ag.asked_at = Some(now);
+        let e = ag
+            .election
+            .get_or_insert_with(|| Election::new(a, rank, timing, ts(now)));
+        let mut t = Transfer::new(self.tcfg, e.is_master(), ts(now));
+        let members = self.branches[b as usize].members.clone();
+        for &p in &members {
+            if p != a && self.agents[p as usize].reachable() {
+                t.handle_peer(ts(now), p);
+            }
+        }
+        t.add_item(ts(now), META);
+        self.agents[a as usize].transfer = Some(t);
+        // Its peers may ask it from now on.
+        if self.agents[a as usize].weight > 0 {
+            for &p in &members {
+                if p != a
+                    && let Some(t) = self.agents[p as usize].transfer.as_mut()
+                {
+                    t.handle_peer(ts(now), a);
+                    self.drive(p);
+                }
+            }
+        }
         self.start_beats(b);
-        self.want_meta(a);
+        self.drive(a);
     }
 
     fn start_beats(&mut self, b: u32) {
@@ -649,39 +428,44 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn rank(&self, a: u32) -> Rank {
-        let ag = &self.agents[a as usize];
-        let versions: &[u64] = match ag.holding {
-            Holding::Target => &[7, 6],
-            Holding::Base => &[6],
-            Holding::Old => &[1],
-            Holding::Nothing => &[],
-        };
-        let total = if ag.has_meta { self.content.size } else { 0 };
-        Rank::from_holdings(7, versions, ag.done_bytes, total, ag.weight, 100 << 30)
-    }
-
-    /// One heartbeat of a branch: ranks, disconnections, ticks, then every
-    /// live candidate's announcement to every other.
+    /// One heartbeat of a branch: departures, then each agent in turn
+    /// (starting from a different one each beat: heartbeats are not in
+    /// step) ticks its election and announces, then the news of the beat.
     fn beat(&mut self, b: u32) {
-        let now_ms = self.now / 1000;
+        let now = ts(self.now);
         let members = self.branches[b as usize].members.clone();
         self.branches[b as usize].beats += 1;
-        let beat = self.branches[b as usize].beats;
-        // Peers whose connections closed since the last beat.
+        // Connections that closed since the last beat.
         let gone: Vec<u32> = members
             .iter()
             .copied()
-            .filter(|&p| self.agents[p as usize].gone_now() && !self.agents[p as usize].gone_told)
+            .filter(|&p| {
+                let ag = &self.agents[p as usize];
+                !ag.alive && !ag.silent && !ag.gone_told
+            })
             .collect();
         for &p in &gone {
             self.agents[p as usize].gone_told = true;
         }
-        let mut became = Vec::new();
+        if !gone.is_empty() {
+            for &a in &members {
+                let ag = &mut self.agents[a as usize];
+                if !ag.alive {
+                    continue;
+                }
+                for &p in &gone {
+                    if let Some(e) = ag.election.as_mut() {
+                        e.handle_gone(now, p);
+                    }
+                    if let Some(t) = ag.transfer.as_mut() {
+                        t.handle_peer_gone(now, p);
+                    }
+                }
+                self.decisions(a);
+                self.drive(a);
+            }
+        }
         let mut any_left = false;
-        // Agents' heartbeats are not in step: each, in turn (starting from a
-        // different one each beat), ticks its election and its announcement
-        // reaches the others before the next one ticks.
         let n = members.len();
         let first = (self.branches[b as usize].beats as usize) % n.max(1);
         for k in 0..n {
@@ -690,61 +474,36 @@ impl<'a> Sim<'a> {
             if !ag.alive {
                 continue;
             }
+            if ag.rogue.is_some() {
+                self.rogue_beat(a, &members);
+                continue;
+            }
             // A holder of the target joins the election once anyone asks.
             if ag.election.is_none() && ag.holding == Holding::Target {
-                let r = self.rank(a);
-                let ag = &mut self.agents[a as usize];
-                ag.election = Some(Election::new(a, r, self.timing, now_ms));
-                ag.has_meta = false;
+                let r = ag.rank(self.content.size, self.now);
+                let timing = self.timing;
+                self.agents[a as usize].election = Some(Election::new(a, r, timing, now));
             }
-            let due = self.agents[a as usize]
-                .election
-                .as_ref()
-                .is_some_and(|e| e.rerank_due(beat));
-            let rank = due.then(|| self.rank(a));
-            let ag = &mut self.agents[a as usize];
-            let Some(e) = ag.election.as_mut() else {
+            let ag = &self.agents[a as usize];
+            let Some(e) = ag.election.as_ref() else {
                 continue;
             };
-            let mut actions = Vec::new();
-            if let Some(rank) = rank {
-                actions.extend(e.handle(Event::Rank(rank), now_ms));
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                let rank = e.rank_due().then(|| ag.rank(self.content.size, self.now));
+                if let Some(e) = self.agents[a as usize].election.as_mut() {
+                    if let Some(r) = rank {
+                        e.handle_rank(now, r);
+                    }
+                    e.handle_timeout(now);
+                }
             }
-            for &p in &gone {
-                actions.extend(e.handle(Event::Gone(p), now_ms));
-            }
-            actions.extend(e.handle(Event::Tick, now_ms));
-            let said = (e.rank(), e.claims());
-            if actions.contains(&Action::BecomeMaster) {
-                became.push(a);
-            }
-            if ag.phase != Phase::Done {
+            self.decisions(a);
+            let ag = &self.agents[a as usize];
+            if ag.asked_at.is_some() && ag.done_at.is_none() {
                 any_left = true;
             }
-            for &other in &members {
-                if other == a {
-                    continue;
-                }
-                let o = &mut self.agents[other as usize];
-                if !o.alive {
-                    continue;
-                }
-                let Some(e) = o.election.as_mut() else {
-                    continue;
-                };
-                let heard = Event::Heard {
-                    from: a,
-                    rank: said.0,
-                    claims: said.1,
-                };
-                if e.handle(heard, now_ms).contains(&Action::BecomeMaster) {
-                    became.push(other);
-                }
-            }
         }
-        for a in became {
-            self.became_master(a);
-        }
+        self.spread_news(&members, None);
         self.check_masters(b);
         if any_left || self.agents_pending(b) {
             let at = self.now + self.timing.heartbeat_ms * 1000;
@@ -754,26 +513,108 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Carries out agent `a`'s election decisions: its announcement to
+    /// every peer (whose own decisions follow), role changes to its transfer.
+    pub(crate) fn decisions(&mut self, a: u32) {
+        loop {
+            let Some(d) = self.agents[a as usize]
+                .election
+                .as_mut()
+                .and_then(Election::poll_action)
+            else {
+                return;
+            };
+            let now = ts(self.now);
+            match d {
+                Decision::Announce { rank, claims } => {
+                    let b = self.agents[a as usize].branch as usize;
+                    for k in 0..self.branches[b].members.len() {
+                        let o = self.branches[b].members[k];
+                        if o == a || !self.agents[o as usize].alive {
+                            continue;
+                        }
+                        let oa = &mut self.agents[o as usize];
+                        if let Some(e) = oa.election.as_mut() {
+                            e.handle_heard(now, a, rank, claims);
+                            // Its master holds more: the subnet progresses.
+                            if e.master() == Some(&a) && rank.held_permille > oa.master_held {
+                                oa.master_held = rank.held_permille;
+                                if let Some(t) = oa.transfer.as_mut() {
+                                    t.handle_master_progress(now);
+                                }
+                            }
+                            self.decisions(o);
+                        }
+                    }
+                }
+                Decision::BecomeMaster => {
+                    self.became_master(a);
+                    if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+                        t.handle_role(now, true);
+                    }
+                    self.drive(a);
+                }
+                Decision::StepDown => {
+                    if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+                        t.handle_role(now, false);
+                    }
+                    self.drive(a);
+                }
+                Decision::MasterChanged { .. } => self.agents[a as usize].master_held = 0,
+            }
+        }
+    }
+
+    /// Each agent's news of the beat (ranges verified since its last
+    /// announcement; `only` one agent's, told at once when it fetched runs
+    /// from the DP) reaches its peers' transfers, which decide once for
+    /// all of it.
+    fn spread_news(&mut self, members: &[u32], only: Option<u32>) {
+        let now = ts(self.now);
+        let news: Vec<(u32, peerdelta_protocol::rangeset::RangeSet)> = members
+            .iter()
+            .filter(|&&a| only.is_none_or(|o| o == a))
+            .filter_map(|&a| {
+                let ag = &mut self.agents[a as usize];
+                (ag.honest_alive() && !ag.news.is_empty())
+                    .then(|| (a, std::mem::take(&mut ag.news)))
+            })
+            .collect();
+        if news.is_empty() {
+            return;
+        }
+        for &o in members {
+            let Some(t) = self.agents[o as usize].transfer.as_mut() else {
+                continue;
+            };
+            for (a, r) in &news {
+                if *a != o {
+                    t.handle_have(now, *a, C, r);
+                }
+            }
+            self.drive(o);
+        }
+    }
+
     fn agents_pending(&self, b: u32) -> bool {
         self.branches[b as usize].members.iter().any(|&a| {
             let ag = &self.agents[a as usize];
-            ag.alive && ag.phase == Phase::Idle && ag.holding != Holding::Target
+            ag.alive && ag.asked_at.is_none() && ag.holding != Holding::Target && ag.rogue.is_none()
         })
     }
 
-    /// At most one master per branch once the election has settled.
+    /// At most one honest master per branch once the election has settled.
     fn check_masters(&mut self, b: u32) {
         let masters = self.branches[b as usize]
             .members
             .iter()
             .filter(|&&a| {
                 let ag = &self.agents[a as usize];
-                ag.alive && ag.election.as_ref().is_some_and(|e| e.is_master())
+                ag.honest_alive() && ag.election.as_ref().is_some_and(Election::is_master)
             })
             .count();
-        let grace =
-            (self.timing.master_timeout_ms + self.timing.settle_ms + 3 * self.timing.heartbeat_ms)
-                * 1000;
+        let t = &self.timing;
+        let grace = (t.master_timeout_ms + t.settle_ms + 3 * t.heartbeat_ms) * 1000;
         let now = self.now;
         let br = &mut self.branches[b as usize];
         if masters <= 1 {
@@ -796,423 +637,469 @@ impl<'a> Sim<'a> {
         br.masters_elected += 1;
         let re = br.masters_elected > 1;
         self.trace.elections.push((self.now, b, re));
-        let ag = &self.agents[a as usize];
-        if !ag.has_meta && ag.phase != Phase::MetaFetch {
-            // The master fetches the manifest and needs list (for itself,
-            // or, holding the target, for the peers that will ask).
-            self.fetch_meta(a);
-        }
-        self.changed(b);
     }
 
-    fn fetch_meta(&mut self, a: u32) {
-        let bytes = self.content.manifest_bytes + self.content.needs_bytes;
-        let (epoch, b) = (
-            self.agents[a as usize].epoch,
-            self.agents[a as usize].branch,
-        );
-        if let Some(t) = self.blocked_until(b) {
-            self.push(t, Ev::DpResume(a, epoch));
-            return;
+    /// Carries out what agent `a`'s transfer asks, then sets its timer.
+    pub(crate) fn drive(&mut self, a: u32) {
+        while let Some(act) = self.agents[a as usize]
+            .transfer
+            .as_mut()
+            .and_then(Transfer::poll_action)
+        {
+            self.act(a, act);
         }
+        self.arm_timer(a);
+    }
+
+    fn arm_timer(&mut self, a: u32) {
         let ag = &mut self.agents[a as usize];
-        if ag.phase == Phase::Meta {
-            ag.phase = Phase::MetaFetch;
-        }
-        let (epoch, b) = (ag.epoch, ag.branch);
-        let arrive = self.dp_send(b, bytes, None);
-        self.agents[a as usize].src.dp += bytes;
-        self.push(arrive, Ev::MetaDone(a, epoch));
-    }
-
-    /// Needs the manifest: from a peer that has it, else (master) the DP,
-    /// else wait for the master.
-    fn want_meta(&mut self, a: u32) {
-        let ag = &self.agents[a as usize];
-        if ag.has_meta || ag.phase != Phase::Meta {
+        let Some(t) = ag.transfer.as_ref().and_then(Transfer::poll_timeout) else {
             return;
-        }
-        let b = ag.branch;
-        let is_master = ag.election.as_ref().is_some_and(|e| e.is_master());
-        let from = self.branches[b as usize]
-            .members
-            .iter()
-            .copied()
-            .find(|&p| {
-                let pa = &self.agents[p as usize];
-                p != a && pa.alive && pa.has_meta && pa.weight > 0
-            });
-        if let Some(p) = from {
-            let bytes = self.content.manifest_bytes + self.content.needs_bytes;
-            let arrive = self.lan_send(p, a, bytes);
-            let epoch = self.agents[a as usize].epoch;
-            self.agents[a as usize].phase = Phase::MetaFetch;
-            self.push(arrive, Ev::MetaDone(a, epoch));
-        } else if is_master {
-            self.fetch_meta(a);
-        } else {
-            self.park(a);
-        }
-    }
-
-    fn park(&mut self, a: u32) {
-        let ag = &mut self.agents[a as usize];
-        if ag.parked_at.is_none() {
-            ag.parked_at = Some(self.now);
-            let b = ag.branch;
-            self.branches[b as usize].parked.push(a);
-        }
-    }
-
-    /// Something a peer could take changed: parked agents look again at
-    /// their next poll.
-    fn changed(&mut self, b: u32) {
-        let br = &mut self.branches[b as usize];
-        let parked = std::mem::take(&mut br.parked);
-        let poll = self.sc.timing.poll_ms * 1000;
-        for a in parked {
-            let ag = &mut self.agents[a as usize];
-            let Some(t0) = ag.parked_at.take() else {
-                continue;
-            };
-            let k = (self.now - t0).div_ceil(poll).max(1);
+        };
+        let at = (t.0 * 1000).max(self.now + 1);
+        if ag.timer.is_none_or(|x| at < x) {
+            ag.timer = Some(at);
             let epoch = ag.epoch;
-            self.push(t0 + k * poll, Ev::Round(a, epoch));
+            self.push(at, Ev::Timer(a, epoch));
         }
     }
 
-    /// One scheduling round (`lan_runs`' loop body).
-    fn round(&mut self, a: u32) {
-        let ag = &self.agents[a as usize];
-        if ag.lan_inflight > 0 || ag.dp_inflight > 0 || !ag.lan_queue.is_empty() {
+    fn later(&mut self, at: Us, to: u32, id: RequestId, what: What) -> u32 {
+        let epoch = self.agents[to as usize].epoch;
+        let d = Delivery {
+            to,
+            epoch,
+            id,
+            what,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(d);
+                s
+            }
+            None => {
+                self.slab.push(Some(d));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.push(at, Ev::Deliver(slot));
+        slot
+    }
+
+    fn lan_latency(&self, a: u32) -> Us {
+        self.branches[self.agents[a as usize].branch as usize].lan_latency
+    }
+
+    /// When a DP request made now proceeds (`Ok`), or fails (`Err`): the
+    /// client waits out a DP or link that is back within its give-up time.
+    fn dp_call(&self, b: u32) -> Result<Us, Us> {
+        let windows = self
+            .dp_outages
+            .iter()
+            .chain(&self.branches[b as usize].wan.cuts);
+        match link::up_again(self.now, windows) {
+            None => Ok(self.now),
+            Some(t) if t - self.now <= link::CLIENT_GIVE_UP => Ok(t),
+            Some(_) => Err(self.now + link::CLIENT_GIVE_UP),
+        }
+    }
+
+    /// Sends `bytes` from the DP to agent `a` at `start`; returns the arrival.
+    fn dp_transfer(&mut self, a: u32, start: Us, bytes: u64, id: RequestId, what: What) -> Us {
+        let b = self.agents[a as usize].branch as usize;
+        let sent = link::dp_send(&mut self.dp, &mut self.branches[b].wan, start, bytes);
+        self.branches[b].wan_bytes += bytes;
+        let sec = (sent.arrive / 1_000_000) as usize;
+        bump(&mut self.trace.wan_per_s, sec, bytes);
+        if b < PLOTTED_BRANCHES {
+            if self.trace.branch_wan_per_s.len() <= b {
+                self.trace.branch_wan_per_s.resize(b + 1, Vec::new());
+            }
+            bump(&mut self.trace.branch_wan_per_s[b], sec, bytes);
+        }
+        self.agents[a as usize].src.dp += bytes;
+        let slot = self.later(sent.arrive, a, id, what);
+        self.agents[a as usize].dp_pending.push(Pending {
+            slot,
+            start: sent.start,
+            end: sent.end,
+            len: bytes,
+            sec,
+        });
+        sent.arrive
+    }
+
+    /// A request to peer `p` that it answers with data of `bytes`, if it
+    /// is there, has a free upload slot, and `has` it.
+    fn ask_peer(&mut self, a: u32, p: u32, id: RequestId, bytes: u64, has: bool, what: What) {
+        let rtt = 2 * self.lan_latency(a);
+        let pa = &self.agents[p as usize];
+        if let Some(kind) = pa.rogue {
+            if let Some(o) = crate::faults::rogue_answer(kind, pa.present) {
+                self.later(self.now + rtt, a, id, What::Answer(o));
+            }
             return;
         }
-        if ag.done_units == ag.done.len() {
-            return self.complete(a);
+        if !pa.alive {
+            if !pa.silent {
+                self.later(self.now + rtt, a, id, What::Answer(End::Unreachable));
+            }
+            return;
         }
-        let busy = std::mem::take(&mut self.agents[a as usize].busy_seen);
-        let ag = &self.agents[a as usize];
-        let b = ag.branch;
-        let is_master = ag.election.as_ref().is_some_and(|e| e.is_master());
-        let members = &self.branches[b as usize].members;
-        let mut view: View<u32> = View {
-            have_base: ag.holding == Holding::Base,
-            may_use_dp: is_master,
-            busy,
-            ..View::default()
-        };
-        // Units some peer holds and we lack.
-        let mut offered = vec![0u64; ag.bits.len()];
-        for &p in members {
-            let pa = &self.agents[p as usize];
-            if p == a || !pa.alive || pa.weight == 0 {
-                continue;
-            }
-            // Only peers holding a unit we lack can be chosen for one:
-            // leaving the others out changes nothing `assign` decides.
-            let mut lacks = false;
-            for ((o, p), m) in offered.iter_mut().zip(&pa.bits).zip(&ag.bits) {
-                let new = p & !m;
-                lacks |= new != 0;
-                *o |= new;
-            }
-            if lacks && !pa.coverage.is_empty() {
-                view.holders.insert(p, pa.coverage.clone());
-            }
-            // Base holders matter only to an agent without the base (with
-            // it, `assign` takes seed runs locally first).
-            if pa.holding == Holding::Base && !view.have_base {
-                view.base_holders.insert(p);
-            }
+        if !has {
+            self.later(self.now + rtt, a, id, What::Answer(End::NotFound));
+            return;
         }
-        // 6+ versions behind with no base on the subnet: client-side RDC
-        // (master only) finds the seed runs its old version still has.
-        let rdc = ag.holding == Holding::Old && is_master && view.base_holders.is_empty();
-        let units: Vec<Unit> = if rdc {
-            view.have_base = true;
-            self.content
-                .units
-                .iter()
-                .zip(&ag.old_has)
-                .map(|(u, has)| Unit {
-                    seed_offset: u.seed_offset.filter(|_| *has),
-                    ..*u
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let units: &[Unit] = if rdc { &units } else { &self.content.units };
-        // Only the units `assign` could give a source (a peer offers it, or
-        // it is a seed run we or a peer's base can give, or we may use the
-        // DP) are passed: the rest would wait anyway, and leaving them out
-        // keeps a round's cost to what can move.
-        let all = view.may_use_dp;
-        let seeds = view.have_base || !view.base_holders.is_empty();
-        let pick: Vec<usize> = (0..units.len())
-            .filter(|&i| {
-                !ag.done[i]
-                    && (all
-                        || offered[i / 64] & (1 << (i % 64)) != 0
-                        || (seeds && units[i].seed_offset.is_some()))
-            })
-            .collect();
-        let sub: Vec<Unit> = pick.iter().map(|&i| units[i]).collect();
-        let plan = swarm::assign(&sub, |_, _| false, &view);
-        let mut lan = Vec::new();
-        let mut dp = Vec::new();
-        let mut local = Vec::new();
-        for (k, from) in plan {
-            let i = pick[k];
-            match from {
-                From::Local => local.push(i),
-                From::Peer(p) => lan.push((i, p, false)),
-                From::AltCopy(p) => lan.push((i, p, true)),
-                From::Dp => dp.push(i),
-            }
+        if swarm::busy(pa.uploads, pa.uploads_for(a), self.sc.timing.upload_slots) {
+            self.later(self.now + rtt, a, id, What::Answer(End::Busy));
+            return;
         }
-        if !local.is_empty() {
-            for &i in &local {
-                let len = self.content.units[i].len;
-                self.agents[a as usize].src.local += len;
-                self.mark_done(a, i);
+        self.agents[p as usize].count_upload(a, true);
+        let b = self.agents[a as usize].branch as usize;
+        let (mbps, latency) = (self.branches[b].lan_mbps, self.branches[b].lan_latency);
+        let arrive = self
+            .ports
+            .send(self.now, p as usize, a as usize, bytes, mbps, latency);
+        self.later(arrive, a, id, what);
+    }
+
+    /// One action of agent `a`'s transfer.
+    fn act(&mut self, a: u32, act: Action<u32>) {
+        let now = ts(self.now);
+        let b = self.agents[a as usize].branch;
+        match act {
+            Action::AskCoverage {
+                id, peer, content, ..
+            } => {
+                // Answered at once: a LAN round trip is far below every timer.
+                let pa = &self.agents[peer as usize];
+                let answer = match pa.rogue {
+                    Some(kind) => {
+                        crate::faults::rogue_coverage(kind, pa.present, self.content.size)
+                    }
+                    None if !pa.alive && pa.silent => None,
+                    None if !pa.alive => Some(Err(End::Unreachable)),
+                    None => Some(Ok((pa.coverage.clone(), pa.holding == Holding::Base))),
+                };
+                let Some(t) = self.agents[a as usize].transfer.as_mut() else {
+                    return;
+                };
+                match answer {
+                    Some(Ok((ranges, has_base))) => {
+                        t.handle_coverage(now, peer, content, ranges, has_base);
+                        t.handle_request_end(now, id, End::Ok);
+                    }
+                    Some(Err(o)) => t.handle_request_end(now, id, o),
+                    None => {}
+                }
             }
-            self.changed(b);
-        }
-        if !lan.is_empty() {
-            self.agents[a as usize].lan_queue.extend(lan);
-            self.pump_lan(a);
-        } else if !dp.is_empty() {
-            for &i in &dp {
-                let f = &mut self.branches[b as usize].dp_fetches[i];
-                *f += 1;
-                if *f > 1 {
-                    let held = self.branches[b as usize].members.iter().any(|&p| {
+            Action::ItemFromPeer { id, item, peer, .. } => {
+                let pa = &self.agents[peer as usize];
+                let has = item == META && pa.has_meta && pa.weight > 0;
+                let from = Some((peer, pa.epoch));
+                let bytes = self.content.manifest_bytes + self.content.needs_bytes;
+                self.ask_peer(a, peer, id, bytes, has, What::Item { item, from });
+            }
+            Action::ItemFromDp { id, item } => match self.dp_call(b) {
+                Err(at) => {
+                    let e = End::Dp {
+                        transient: true,
+                        detail: "the DP does not answer".into(),
+                    };
+                    self.trace.dp_errors += 1;
+                    self.later(at, a, id, What::Answer(e));
+                }
+                Ok(start) => {
+                    let bytes = if item == RDC {
+                        self.rdc_bytes(a)
+                    } else {
+                        self.content.manifest_bytes + self.content.needs_bytes
+                    };
+                    let arrive =
+                        self.dp_transfer(a, start, bytes, id, What::Item { item, from: None });
+                    if item == RDC {
+                        self.agents[a as usize].rdc = Some((self.now, arrive));
+                    }
+                }
+            },
+            Action::ProbeDp { id } => {
+                let (at, o) = match self.dp_call(b) {
+                    Err(at) => (
+                        at,
+                        End::Dp {
+                            transient: true,
+                            detail: "the DP does not answer".into(),
+                        },
+                    ),
+                    Ok(start) => (
+                        start + 2 * self.branches[b as usize].wan.link.latency(),
+                        End::Ok,
+                    ),
+                };
+                self.later(at, a, id, What::Answer(o));
+            }
+            Action::ItemUnavailable { .. } | Action::Stalled { .. } => {}
+            Action::CopySeeds { units, .. } => {
+                for &i in &units {
+                    let len = self.content.units[i].len;
+                    self.agents[a as usize].src.local += len;
+                    self.mark_done(a, i);
+                }
+                if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+                    t.handle_units_done(now, C, &units);
+                }
+            }
+            Action::FetchRuns {
+                id, from, units, ..
+            } => {
+                let bytes: u64 = units.iter().map(|&i| self.content.units[i].len).sum();
+                match from {
+                    RunsFrom::Peer(p) | RunsFrom::AltCopy(p) => {
+                        let alt = matches!(from, RunsFrom::AltCopy(_));
                         let pa = &self.agents[p as usize];
-                        pa.alive && pa.weight > 0 && pa.done.get(i).copied().unwrap_or(false)
-                    });
-                    if held {
+                        let has = pa.weight > 0
+                            && if alt {
+                                pa.holding == Holding::Base
+                            } else {
+                                units.iter().all(|&i| pa.done[i])
+                            };
+                        let from_epoch = pa.epoch;
+                        let what = What::Runs {
+                            units,
+                            from: p,
+                            from_epoch,
+                            alt,
+                        };
+                        self.ask_peer(a, p, id, bytes, has, what);
+                    }
+                    RunsFrom::Dp { .. } => match self.dp_call(b) {
+                        Err(at) => {
+                            let e = End::Dp {
+                                transient: true,
+                                detail: "the DP does not answer".into(),
+                            };
+                            self.trace.dp_errors += 1;
+                            self.later(at, a, id, What::Answer(e));
+                        }
+                        Ok(start) => {
+                            self.check_refetch(a, &units);
+                            let _ = self.dp_transfer(a, start, bytes, id, What::DpRuns { units });
+                        }
+                    },
+                }
+            }
+            Action::Ban { peer, reason } => {
+                if let Some(e) = self.agents[a as usize].election.as_mut() {
+                    e.handle_banned(now, peer);
+                }
+                let pa = &self.agents[peer as usize];
+                if pa.rogue.is_some() {
+                    self.trace.rogue_bans += 1;
+                } else {
+                    self.trace.honest_bans += 1;
+                    if pa.alive && !pa.silent {
                         self.trace.violations.push(format!(
-                            "branch {b}: unit {i} fetched from the DP again while a live peer held it"
+                            "agent {a} banned agent {peer}, which is honest and alive: {reason}"
                         ));
                     }
                 }
+                self.decisions(a);
             }
-            self.agents[a as usize].dp_queue.extend(dp);
-            self.pump_dp(a);
-        } else if self.agents[a as usize].done_units == self.content.units.len() {
-            self.complete(a);
-        } else {
-            self.park(a);
+            Action::Done => self.complete(a),
+            Action::Failed { reason } => {
+                self.trace
+                    .violations
+                    .push(format!("agent {a}: its transfer failed: {reason}"));
+                let ag = &mut self.agents[a as usize];
+                ag.transfer = None;
+                if let Some(e) = ag.election.as_mut() {
+                    e.handle_withdraw(now, true);
+                }
+                self.decisions(a);
+            }
         }
     }
 
-    fn pump_lan(&mut self, a: u32) {
-        let max = self.sc.timing.lan_concurrency;
-        loop {
-            let ag = &mut self.agents[a as usize];
-            if ag.lan_inflight >= max {
-                return;
-            }
-            let Some((i, p, alt)) = ag.lan_queue.pop_front() else {
-                break;
-            };
-            if ag.busy_seen.contains(&p) {
-                // It said busy this round: the next round decides again.
-                continue;
-            }
-            ag.lan_inflight += 1;
-            let epoch = ag.epoch;
-            let slots = self.sc.timing.upload_slots;
-            if swarm::busy(self.agents[p as usize].uploads, slots) {
-                let latency = self.branches[self.agents[a as usize].branch as usize].lan_latency;
-                let at = self.now + 2 * latency;
-                self.push(
-                    at,
-                    Ev::LanBusy {
-                        agent: a,
-                        epoch,
-                        from: p,
-                    },
-                );
-                continue;
-            }
-            self.agents[p as usize].uploads += 1;
-            let len = self.content.units[i].len;
-            let arrive = self.lan_send(p, a, len);
-            let from_epoch = self.agents[p as usize].epoch;
-            self.push(
-                arrive,
-                Ev::LanDone {
-                    agent: a,
-                    epoch,
-                    unit: i as u32,
-                    from: p,
-                    from_epoch,
-                    alt,
-                },
-            );
-        }
+    /// What client-side RDC fetches: the units its old version lacks.
+    fn rdc_bytes(&self, a: u32) -> u64 {
         let ag = &self.agents[a as usize];
-        if ag.lan_inflight == 0 && ag.lan_queue.is_empty() {
-            self.round(a);
+        self.content
+            .units
+            .iter()
+            .zip(&ag.old_has)
+            .filter(|(u, has)| u.seed_offset.is_none() || !**has)
+            .map(|(u, _)| u.len)
+            .sum()
+    }
+
+    /// A DP fetch of units a live honest peer of the branch holds, when the
+    /// branch fetched them before: the WAN carrying a run twice.
+    fn check_refetch(&mut self, a: u32, units: &[usize]) {
+        let b = self.agents[a as usize].branch as usize;
+        for &i in units {
+            self.branches[b].dp_fetches[i] += 1;
+            if self.branches[b].dp_fetches[i] > 1 {
+                let held = self.branches[b].members.iter().any(|&p| {
+                    let pa = &self.agents[p as usize];
+                    p != a && pa.honest_alive() && pa.weight > 0 && pa.done[i]
+                });
+                if held {
+                    self.trace.violations.push(format!(
+                        "branch {b}: unit {i} fetched from the DP again while a live peer held it"
+                    ));
+                }
+            }
         }
     }
 
-    fn pump_dp(&mut self, a: u32) {
-        let max = self.sc.timing.dp_concurrency;
-        let (epoch, b) = (
-            self.agents[a as usize].epoch,
-            self.agents[a as usize].branch,
-        );
-        if !self.agents[a as usize].dp_queue.is_empty()
-            && let Some(t) = self.blocked_until(b)
+    fn deliver(&mut self, slot: u32) {
+        let Some(d) = self.slab.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(slot);
+        let now = ts(self.now);
+        // The sender's upload slot is free again.
+        let sender = match &d.what {
+            What::Runs {
+                from, from_epoch, ..
+            } => Some((*from, *from_epoch)),
+            What::Item { from, .. } => *from,
+            _ => None,
+        };
+        if let Some((p, e)) = sender
+            && self.live(p, e)
         {
-            // Requests wait for the DP or the link to come back (as the
-            // agent's retries do), without holding the shared uplink.
-            self.push(t, Ev::DpResume(a, epoch));
+            self.agents[p as usize].count_upload(d.to, false);
+        }
+        if !self.live(d.to, d.epoch) {
             return;
         }
-        loop {
-            let ag = &mut self.agents[a as usize];
-            if ag.dp_inflight >= max {
-                return;
-            }
-            let Some(i) = ag.dp_queue.pop_front() else {
-                break;
-            };
-            ag.dp_inflight += 1;
-            let (epoch, b) = (ag.epoch, ag.branch);
-            let len = self.content.units[i].len;
-            let arrive = self.dp_send(b, len, Some((a, i as u32)));
-            self.agents[a as usize].src.dp += len;
-            self.push(
-                arrive,
-                Ev::DpDone {
-                    agent: a,
-                    epoch,
-                    unit: i as u32,
-                },
-            );
-            if !self.agents[a as usize].alive {
-                return;
-            }
-        }
-        let ag = &self.agents[a as usize];
-        if ag.dp_inflight == 0 {
-            self.round(a);
-        }
-    }
-
-    /// When the DP and branch `b`'s link are both up again, if either is
-    /// down now (windows may overlap or follow each other).
-    fn blocked_until(&self, b: u32) -> Option<Us> {
-        let mut at = self.now;
-        loop {
-            let next = self
-                .dp_outages
-                .iter()
-                .chain(&self.branches[b as usize].wan_cut)
-                .filter(|(s, e)| at >= *s && at < *e)
-                .map(|w| w.1)
-                .max();
-            match next {
-                Some(e) => at = e,
-                None => break,
-            }
-        }
-        (at > self.now).then_some(at)
-    }
-
-    /// Reserves the DP uplink and the branch's WAN link for `bytes` (both
-    /// up: the callers wait out outages); returns the arrival time.
-    fn dp_send(&mut self, b: u32, bytes: u64, content_for: Option<(u32, u32)>) -> Us {
-        let at = self.now;
-        let br = &mut self.branches[b as usize];
-        let dp_start = at.max(self.dp.busy);
-        let dp_end = dp_start + (bytes as f64 * self.dp.us_per_byte) as Us;
-        self.dp.busy = dp_end;
-        let start = dp_start.max(br.wan.busy);
-        let on_link = (bytes as f64 * br.wan.us_per_byte) as Us;
-        br.wan.busy = start + on_link;
-        let flow = (bytes as f64 * br.loss_cap_us_per_byte.max(br.wan.us_per_byte)) as Us;
-        let arrive = start + on_link.max(flow) + br.wan.latency + self.dp.latency;
-        br.wan_bytes += bytes;
-        let sec = (arrive / 1_000_000) as usize;
-        bump(&mut self.trace.wan_per_s, sec, bytes);
-        if (b as usize) < PLOTTED_BRANCHES {
-            if self.trace.branch_wan_per_s.len() <= b as usize {
-                self.trace
-                    .branch_wan_per_s
-                    .resize(b as usize + 1, Vec::new());
-            }
-            bump(&mut self.trace.branch_wan_per_s[b as usize], sec, bytes);
-        }
-        if let Some((agent, unit)) = content_for {
-            self.agents[agent as usize].dp_pending.push(Pending {
-                unit,
-                start,
-                end: start + on_link,
-                len: bytes,
-                sec,
-            });
-        }
-        arrive
-    }
-
-    /// A content unit from the DP arrived: counted toward a master crash
-    /// scheduled at a fraction of the branch's download.
-    fn dp_arrived(&mut self, a: u32, unit: u32) {
-        let len = self.content.units[unit as usize].len;
-        let ag = &mut self.agents[a as usize];
-        ag.dp_pending.retain(|p| p.unit != unit);
-        let br = &mut self.branches[ag.branch as usize];
-        br.content_dp_bytes += len;
-        let origin = self.content.origin_bytes.max(1) as f64;
-        if let Some(&x) = br.crash_at_fraction.last()
-            && br.content_dp_bytes as f64 >= x * origin
+        let a = d.to;
+        self.agents[a as usize]
+            .dp_pending
+            .retain(|p| p.slot != slot);
+        // A sender that died on the way: its connection closed, or (a
+        // silent crash) nothing comes and the deadline says so.
+        if let Some((p, e)) = sender
+            && !self.live(p, e)
         {
-            br.crash_at_fraction.pop();
+            if !self.agents[p as usize].silent
+                && let Some(t) = self.agents[a as usize].transfer.as_mut()
+            {
+                t.handle_request_end(now, d.id, End::Unreachable);
+            }
+            self.drive(a);
+            return;
+        }
+        let mut crash = false;
+        match d.what {
+            What::Answer(o) => {
+                if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+                    t.handle_request_end(now, d.id, o);
+                }
+            }
+            What::Runs { units, alt, .. } => {
+                for &i in &units {
+                    let len = self.content.units[i].len;
+                    let src = &mut self.agents[a as usize].src;
+                    if alt {
+                        src.alt_copy += len;
+                    } else {
+                        src.lan_peer += len;
+                    }
+                    self.mark_done(a, i);
+                }
+                self.units_arrived(a, d.id, &units);
+            }
+            What::DpRuns { units } => {
+                for &i in &units {
+                    self.mark_done(a, i);
+                }
+                crash = self.dp_arrived(a, &units);
+                self.units_arrived(a, d.id, &units);
+                let due = self.agents[a as usize]
+                    .transfer
+                    .as_mut()
+                    .is_none_or(Transfer::take_news_due);
+                if due && !crash {
+                    let b = self.agents[a as usize].branch as usize;
+                    let members = self.branches[b].members.clone();
+                    self.spread_news(&members, Some(a));
+                }
+            }
+            What::Item { item, .. } => {
+                if item == META {
+                    self.meta_arrived(a);
+                } else if item == RDC {
+                    let ag = &self.agents[a as usize];
+                    let local: u64 = self
+                        .content
+                        .units
+                        .iter()
+                        .zip(&ag.old_has)
+                        .filter(|(u, has)| u.seed_offset.is_some() && **has)
+                        .map(|(u, _)| u.len)
+                        .sum();
+                    self.agents[a as usize].src.local += local;
+                    self.agents[a as usize].rdc = None;
+                    for i in 0..self.content.units.len() {
+                        self.mark_done(a, i);
+                    }
+                }
+                if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+                    t.handle_item_done(now, item);
+                    t.handle_request_end(now, d.id, End::Ok);
+                }
+            }
+        }
+        self.drive(a);
+        if crash {
             self.crash(a, false);
         }
     }
 
-    /// Reserves the sender's and receiver's LAN ports; returns the arrival time.
-    fn lan_send(&mut self, from: u32, to: u32, bytes: u64) -> Us {
-        let b = self.agents[to as usize].branch as usize;
-        let br = &self.branches[b];
-        let dur = (bytes as f64 * 8.0 / br.lan_mbps) as Us;
-        let latency = br.lan_latency;
-        // Ports as two FIFO servers: the sender's uplink and the receiver's
-        // downlink, both held for the same interval.
-        let (f, t) = (from as usize, to as usize);
-        let start = self.now.max(self.port_up(f)).max(self.port_down(t));
-        self.set_port_up(f, start + dur);
-        self.set_port_down(t, start + dur);
-        start + dur + latency
-    }
-
-    fn port_up(&self, a: usize) -> Us {
-        self.ports.get(a).map_or(0, |p| p.0)
-    }
-    fn port_down(&self, a: usize) -> Us {
-        self.ports.get(a).map_or(0, |p| p.1)
-    }
-    fn set_port_up(&mut self, a: usize, t: Us) {
-        self.port(a).0 = t;
-    }
-    fn set_port_down(&mut self, a: usize, t: Us) {
-        self.port(a).1 = t;
-    }
-    fn port(&mut self, a: usize) -> &mut (Us, Us) {
-        if self.ports.len() <= a {
-            self.ports.resize(a + 1, (0, 0));
+    fn units_arrived(&mut self, a: u32, id: RequestId, units: &[usize]) {
+        let now = ts(self.now);
+        if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+            t.handle_units_done(now, C, units);
+            t.handle_request_end(now, id, End::Ok);
         }
-        &mut self.ports[a]
     }
 
-    /// Records unit `i` as held by `a` (the caller tells the branch).
-    fn mark_done(&mut self, a: u32, i: usize) {
+    /// The manifest and needs list are here: what to build, and how.
+    fn meta_arrived(&mut self, a: u32) {
+        let now = ts(self.now);
+        let ag = &mut self.agents[a as usize];
+        if ag.has_meta {
+            return;
+        }
+        ag.has_meta = true;
+        let master = ag.election.as_ref().is_some_and(Election::is_master);
+        let (units, have_base) = match ag.holding {
+            Holding::Base => (self.content.units.clone(), true),
+            Holding::Old if master => {
+                if let Some(t) = ag.transfer.as_mut() {
+                    t.add_item_from(now, RDC, ItemFrom::DpOnly);
+                }
+                return;
+            }
+            _ => (self.whole_units.clone(), false),
+        };
+        let cov = &ag.coverage;
+        if let Some(t) = ag.transfer.as_mut() {
+            t.add_content(
+                now,
+                C,
+                units,
+                |u| cov.covers(u.offset, u.offset + u.len),
+                have_base,
+                false,
+            );
+        }
+    }
+
+    /// Records unit `i` as held by `a`.
+    pub(crate) fn mark_done(&mut self, a: u32, i: usize) {
         let u = self.content.units[i];
         let ag = &mut self.agents[a as usize];
         if ag.done[i] {
@@ -1220,143 +1107,48 @@ impl<'a> Sim<'a> {
         }
         ag.done[i] = true;
         ag.done_units += 1;
-        if let Some(w) = ag.bits.get_mut(i / 64) {
-            *w |= 1 << (i % 64);
-        }
         ag.done_bytes += u.len;
-        add_range(&mut ag.coverage, u.offset, u.len);
+        ag.coverage.insert(u.offset, u.len);
+        ag.news.insert(u.offset, u.len);
     }
 
     fn complete(&mut self, a: u32) {
-        let ag = &mut self.agents[a as usize];
-        if ag.phase == Phase::Done {
-            return;
-        }
-        ag.phase = Phase::Done;
-        ag.done_at = Some(self.now);
-        let b = ag.branch;
-        self.open -= 1;
-        self.changed(b);
-    }
-
-    /// An agent stops: `silent` (power loss) or disconnected (SIGKILL,
-    /// shutdown: peers see the connection close).
-    fn crash(&mut self, a: u32, silent: bool) {
-        let ag = &mut self.agents[a as usize];
-        if !ag.alive {
-            return;
-        }
-        ag.alive = false;
-        ag.epoch += 1;
-        ag.silent = silent;
-        if !matches!(ag.phase, Phase::Done | Phase::Idle) {
-            // It asked and will not finish.
-            self.open -= 1;
-        }
-        // DP responses in flight stop: what the link had not carried yet
-        // was never sent.
         let now = self.now;
-        let pending = std::mem::take(&mut ag.dp_pending);
-        let b = ag.branch as usize;
-        for p in pending {
-            let span = p.end.saturating_sub(p.start).max(1);
-            let sent_frac = (now.saturating_sub(p.start) as f64 / span as f64).clamp(0.0, 1.0);
-            let unsent = p.len - (p.len as f64 * sent_frac) as u64;
-            self.agents[a as usize].src.dp -= unsent;
-            let br = &mut self.branches[b];
-            br.wan_bytes -= unsent;
-            if let Some(v) = self.trace.wan_per_s.get_mut(p.sec) {
-                *v -= unsent;
-            }
-            if let Some(v) = self
-                .trace
-                .branch_wan_per_s
-                .get_mut(b)
-                .and_then(|s| s.get_mut(p.sec))
-            {
-                *v -= unsent;
-            }
-        }
         let ag = &mut self.agents[a as usize];
-        ag.lan_queue.clear();
-        ag.dp_queue.clear();
-        ag.lan_inflight = 0;
-        ag.dp_inflight = 0;
-        ag.parked_at = None;
-        let b = ag.branch;
-        self.changed(b);
-    }
-
-    fn fault(&mut self, k: usize) {
-        let Some(&(kind, branch, n, _)) = self.faults.get(k) else {
+        if ag.done_at.is_some() {
             return;
-        };
-        let targets: Vec<u32> = (0..self.branches.len() as u32)
-            .filter(|b| branch.is_none_or(|w| w == u64::from(*b)))
-            .collect();
-        for b in targets {
-            match kind {
-                FaultKind::MasterCrash => {
-                    let m = self.branches[b as usize]
-                        .members
-                        .iter()
-                        .copied()
-                        .find(|&a| {
-                            let ag = &self.agents[a as usize];
-                            ag.alive && ag.election.as_ref().is_some_and(|e| e.is_master())
-                        });
-                    if let Some(m) = m {
-                        self.crash(m, false);
-                    }
-                }
-                FaultKind::AgentCrash | FaultKind::AgentLeave => {
-                    for _ in 0..n {
-                        let alive: Vec<u32> = self.branches[b as usize]
-                            .members
-                            .iter()
-                            .copied()
-                            .filter(|&a| self.agents[a as usize].alive)
-                            .collect();
-                        if alive.is_empty() {
-                            break;
-                        }
-                        let pick = alive[self.rng.below(alive.len() as u64) as usize];
-                        self.crash(pick, kind == FaultKind::AgentCrash);
-                    }
-                }
-                FaultKind::AgentJoin => {
-                    for _ in 0..n {
-                        let id = self.add_agent(b, Holding::Nothing, 1);
-                        self.branches[b as usize].members.push(id);
-                        let now = self.now;
-                        self.push(now, Ev::Ask(id));
-                        self.open += 1;
-                    }
-                }
-                FaultKind::DpOutage | FaultKind::LinkCut => {}
-            }
         }
+        ag.done_at = Some(now);
+        ag.stall_fallbacks = ag.transfer.as_ref().map_or(0, Transfer::stall_fallbacks);
+        // Done: it serves from what it holds; the transfer is over.
+        ag.transfer = None;
+        ag.timer = None;
+        self.open -= 1;
     }
 
     fn finish(self) -> Outcome {
         let mut sources = Sources::default();
         let mut completion = Vec::new();
         let mut unfinished = 0;
-        for ag in &self.agents {
-            sources.add(&ag.src);
-            match (ag.asked_at, ag.done_at) {
-                (Some(s), Some(d)) => completion.push((d - s) as f64 / SEC),
-                (Some(_), None) if ag.alive => unfinished += 1,
-                _ => {}
-            }
-        }
+        let mut stall_fallbacks = 0;
         let mut trace = self.trace;
         for (i, ag) in self.agents.iter().enumerate() {
-            if ag.alive && ag.asked_at.is_some() && ag.done_units < ag.done.len() {
-                trace.violations.push(format!(
-                    "agent {i} (branch {}) is alive and lacks part of the content at the end",
-                    ag.branch
-                ));
+            if ag.rogue.is_some() {
+                continue;
+            }
+            sources.add(&ag.src);
+            stall_fallbacks +=
+                ag.stall_fallbacks + ag.transfer.as_ref().map_or(0, Transfer::stall_fallbacks);
+            match (ag.asked_at, ag.done_at) {
+                (Some(s), Some(d)) => completion.push((d - s) as f64 / SEC),
+                (Some(_), None) if ag.alive => {
+                    unfinished += 1;
+                    trace.violations.push(format!(
+                        "agent {i} (branch {}) is alive and lacks part of the content at the end",
+                        ag.branch
+                    ));
+                }
+                _ => {}
             }
         }
         let branches = self
@@ -1366,7 +1158,7 @@ impl<'a> Sim<'a> {
                 let mut last = Some(0);
                 for &a in &b.members {
                     let ag = &self.agents[a as usize];
-                    if !ag.alive || ag.asked_at.is_none() {
+                    if !ag.honest_alive() || ag.asked_at.is_none() {
                         continue;
                     }
                     last = match (last, ag.done_at) {
@@ -1379,8 +1171,9 @@ impl<'a> Sim<'a> {
                 let elections = b
                     .members
                     .iter()
+                    .filter(|&&a| self.agents[a as usize].rogue.is_none())
                     .filter_map(|&a| self.agents[a as usize].election.as_ref())
-                    .map(|e| e.elections())
+                    .map(Election::elections)
                     .max()
                     .unwrap_or(0);
                 BranchOutcome {
@@ -1402,54 +1195,15 @@ impl<'a> Sim<'a> {
             trace,
             origin_bytes: self.content.origin_bytes,
             size: self.content.size,
-            agents: self.agents.len() as u64,
+            agents: self.agents.iter().filter(|a| a.rogue.is_none()).count() as u64,
+            stall_fallbacks,
         }
     }
 }
 
-impl Agent {
-    /// Whether peers notice at their next heartbeat that it is gone (the
-    /// connection closed); a silent crash is noticed by timeout only.
-    fn gone_now(&self) -> bool {
-        !self.alive && !self.silent
-    }
-}
-
-fn bump(v: &mut Vec<u64>, i: usize, n: u64) {
+pub(crate) fn bump(v: &mut Vec<u64>, i: usize, n: u64) {
     if v.len() <= i {
         v.resize(i + 1, 0);
     }
     v[i] += n;
-}
-
-/// Adds `offset..offset+len` to merged, sorted ranges.
-fn add_range(ranges: &mut Vec<(u64, u64)>, offset: u64, len: u64) {
-    let i = ranges.partition_point(|r| r.0 + r.1 < offset);
-    let mut start = offset;
-    let mut end = offset + len;
-    let mut j = i;
-    while j < ranges.len() && ranges[j].0 <= end {
-        start = start.min(ranges[j].0);
-        end = end.max(ranges[j].0 + ranges[j].1);
-        j += 1;
-    }
-    ranges.splice(i..j, std::iter::once((start, end - start)));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_merge() {
-        let mut r = Vec::new();
-        add_range(&mut r, 10, 5);
-        add_range(&mut r, 0, 5);
-        add_range(&mut r, 20, 5);
-        assert_eq!(r, vec![(0, 5), (10, 5), (20, 5)]);
-        add_range(&mut r, 5, 5);
-        assert_eq!(r, vec![(0, 15), (20, 5)]);
-        add_range(&mut r, 14, 7);
-        assert_eq!(r, vec![(0, 25)]);
-    }
 }

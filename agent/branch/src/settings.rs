@@ -101,6 +101,7 @@ pub fn transfer_options(agent: &AgentFile, name: &str) -> anyhow::Result<GetOpti
         progress: false,
         agent: name.to_owned(),
         report: true,
+        dp_give_up: None,
     })
 }
 

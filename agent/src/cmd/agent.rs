@@ -145,50 +145,45 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-    println!("agent {} ({})", str_of(&s["agent"]), str_of(&s["peer_id"]));
+    println!("agent {} ({})", s.agent, s.peer_id);
     println!(
         "WAN {} B, LAN in {} B, out {} B; {} elections ({} re-elections), {} bans",
-        s["wan_bytes"],
-        s["lan_bytes_in"],
-        s["lan_bytes_out"],
-        s["elections"],
-        s["reelections"],
-        s["bans"]
+        s.wan_bytes, s.lan_bytes_in, s.lan_bytes_out, s.elections, s.reelections, s.bans
     );
     println!("peers:");
-    for p in s["peers"].as_array().into_iter().flatten() {
-        let inc = p["incompatible"]
-            .as_str()
+    for p in &s.peers {
+        let inc = p
+            .incompatible
+            .as_deref()
             .map(|w| format!("  INCOMPATIBLE: {w}"))
             .unwrap_or_default();
-        println!(
-            "  {:<20} weight {:<3} {}{inc}",
-            str_of(&p["name"]),
-            p["weight"],
-            str_of(&p["id"])
-        );
+        println!("  {:<20} weight {:<3} {}{inc}", p.name, p.weight, p.id);
     }
     println!("transfers:");
-    for j in s["jobs"].as_array().into_iter().flatten() {
+    for j in &s.jobs {
         println!(
-            "  {} v{}: {} ({}), master {}, {}/{} bytes held{}",
-            str_of(&j["package"]),
-            j["version"],
-            str_of(&j["phase"]),
-            str_of(&j["role"]),
-            j["master"].as_str().unwrap_or("none"),
-            j["held_bytes"],
-            j["total_bytes"],
-            j["error"]
-                .as_str()
+            "  {} v{}: {} ({}), master {}, {}/{} bytes held{}{}",
+            j.package,
+            j.version,
+            j.phase,
+            j.role,
+            j.master.as_deref().unwrap_or("none"),
+            j.held_bytes,
+            j.total_bytes,
+            j.error
+                .as_deref()
                 .map(|e| format!("; last error: {e}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if j.banned.is_empty() {
+                String::new()
+            } else {
+                format!("; banned: {}", j.banned.join("; "))
+            }
         );
     }
-    println!("cache ({}):", str_of(&s["cache"]["root"]));
-    for v in s["cache"]["versions"].as_array().into_iter().flatten() {
-        println!("  {}", str_of(v));
+    println!("cache ({}):", s.cache.root);
+    for v in &s.cache.versions {
+        println!("  {v}");
     }
     Ok(())
 }

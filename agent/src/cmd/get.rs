@@ -128,9 +128,10 @@ fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
             return Ok(Some(()));
         }
         loop {
+            use peerdelta_branch::subnet::view::Phase;
             let j = c.job(&accepted.package, accepted.version).await?;
-            match j["phase"].as_str() {
-                Some("done") => {
+            match j.phase {
+                Phase::Done => {
                     if let Some(out) = &a.out {
                         let status = c.status().await?;
                         materialize_from_daemon(a, &cfg, &status, &accepted, out)?;
@@ -138,24 +139,22 @@ fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
                     if a.json {
                         println!("{}", serde_json::to_string_pretty(&j)?);
                     } else if !a.quiet {
-                        let s = &j["summary"];
+                        let (dp, lan, reused) = j
+                            .summary
+                            .as_ref()
+                            .map_or((0, 0, 0), |s| (s.dp_bytes, s.lan_bytes, s.reused_bytes));
                         println!(
-                            "{} v{}: done as {}; {} B from the DP, {} B from peers, {} B reused locally",
-                            accepted.package,
-                            accepted.version,
-                            j["role"].as_str().unwrap_or("?"),
-                            s["dp_bytes"],
-                            s["lan_bytes"],
-                            s["reused_bytes"]
+                            "{} v{}: done as {}; {dp} B from the DP, {lan} B from peers, {reused} B reused locally",
+                            accepted.package, accepted.version, j.role
                         );
                     }
                     return Ok(Some(()));
                 }
-                Some("failed") => anyhow::bail!(
+                Phase::Failed => anyhow::bail!(
                     "{} v{}: {}",
                     accepted.package,
                     accepted.version,
-                    j["error"].as_str().unwrap_or("failed")
+                    j.error.as_deref().unwrap_or("failed")
                 ),
                 _ => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
             }
@@ -169,20 +168,14 @@ fn via_daemon(a: &GetArgs) -> anyhow::Result<Option<()>> {
 fn materialize_from_daemon(
     a: &GetArgs,
     cfg: &ConfigFile,
-    status: &serde_json::Value,
+    status: &peerdelta_branch::subnet::view::StatusView,
     accepted: &peerdelta_branch::subnet::control::GetAccepted,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let root = status["cache"]["root"]
-        .as_str()
-        .context("the daemon's status names no cache")?;
+    let root = status.cache.root.as_str();
     let key = match a.dp_key.as_deref().or(cfg.dp_key.as_deref()) {
         Some(k) => crate::config::load_key(k)?,
-        None => crate::config::load_key(
-            status["dp_key"]
-                .as_str()
-                .context("the daemon's status names no DP key")?,
-        )?,
+        None => crate::config::load_key(&status.dp_key)?,
     };
     let package = PackageName::new(&accepted.package).map_err(|e| usage!("{e}"))?;
     let cache = Cache::open(std::path::Path::new(root))
@@ -243,6 +236,7 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
         progress: !a.quiet && !a.json,
         agent: peerdelta_branch::settings::host_name(),
         report: !a.no_report,
+        dp_give_up: Some(std::time::Duration::from_secs(a.retry_secs)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

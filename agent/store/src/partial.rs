@@ -17,6 +17,7 @@ use anyhow::Context;
 use peerdelta_protocol::ContentHash;
 use peerdelta_protocol::journal::{self as format, MAX_JOURNAL, Parsed, RECORD_LEN};
 use peerdelta_protocol::needsfile::VerifiedRun;
+use peerdelta_protocol::rangeset::RangeSet;
 
 /// Reads the journal at `path` for content `hash` (at most [`MAX_JOURNAL`]
 /// bytes); `None` if it is missing or not that content's.
@@ -31,7 +32,7 @@ pub fn read(path: &Path, hash: &ContentHash) -> Option<Parsed> {
 pub struct Journal {
     hash: ContentHash,
     file: Mutex<File>,
-    done: Mutex<Vec<(u64, u64)>>,
+    done: Mutex<RangeSet>,
 }
 
 impl Journal {
@@ -86,19 +87,23 @@ impl Journal {
         Ok(Journal {
             hash: *hash,
             file: Mutex::new(file),
-            done: Mutex::new(done),
+            done: Mutex::new(RangeSet::from_ranges(&done)),
         })
     }
 
     /// Whether the verified ranges cover `r`.
     pub fn covers(&self, r: std::ops::Range<u64>) -> bool {
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        peerdelta_protocol::swarm::covers(&done, r.start, r.end)
+        done.covers(r.start, r.end)
     }
 
     /// The verified ranges, merged and sorted.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
-        self.done.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ranges()
+            .to_vec()
     }
 
     /// Records ranges whose bytes are verified, written and fsynced.
@@ -113,8 +118,9 @@ impl Journal {
             .and_then(|()| f.sync_data())
             .context("writing the journal")?;
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        done.extend_from_slice(ranges);
-        *done = peerdelta_protocol::swarm::merge(&done);
+        for &(o, l) in ranges {
+            done.insert(o, l);
+        }
         Ok(())
     }
 }
@@ -202,9 +208,9 @@ impl Partial {
         self.data.read_exact_at(buf, offset)
     }
 
-    /// Commits, syncs and closes; returns the data file's path, to verify
-    /// the whole content.
-    pub fn finish(self) -> anyhow::Result<std::path::PathBuf> {
+    /// Commits and syncs; returns the data file's path, to verify the
+    /// whole content.
+    pub fn finish(&self) -> anyhow::Result<std::path::PathBuf> {
         self.commit()?;
         self.data
             .sync_all()

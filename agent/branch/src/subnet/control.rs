@@ -60,7 +60,7 @@ fn error(code: StatusCode, msg: String) -> Response {
     (code, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-async fn start_get(State(d): State<Arc<Daemon>>, Json(r): Json<GetRequest>) -> Response {
+async fn start_get(State(d): State<Daemon>, Json(r): Json<GetRequest>) -> Response {
     let package = match PackageName::new(&r.package) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -72,7 +72,7 @@ async fn start_get(State(d): State<Arc<Daemon>>, Json(r): Json<GetRequest>) -> R
             Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
         },
     };
-    d.request(package.clone(), version);
+    d.request(package.clone(), version).await;
     Json(GetAccepted {
         package: package.to_string(),
         version,
@@ -92,17 +92,14 @@ async fn newest(d: &Daemon, package: &PackageName) -> anyhow::Result<u64> {
         .with_context(|| format!("package {package} has no versions"))
 }
 
-async fn job(
-    State(d): State<Arc<Daemon>>,
-    Path((package, version)): Path<(String, u64)>,
-) -> Response {
+async fn job(State(d): State<Daemon>, Path((package, version)): Path<(String, u64)>) -> Response {
     let Ok(p) = PackageName::new(&package) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("bad package name {package:?}"),
         );
     };
-    match d.job(&p, version) {
+    match d.job(&p, version).await {
         Some(j) => Json(j).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -201,7 +198,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 
 /// Serves the control API on `addr` (which must be a loopback address);
 /// state-changing calls need `token`.
-pub async fn serve(d: Arc<Daemon>, addr: SocketAddr, token: String) -> anyhow::Result<()> {
+pub async fn serve(d: Daemon, addr: SocketAddr, token: String) -> anyhow::Result<()> {
     anyhow::ensure!(
         addr.ip().is_loopback(),
         peerdelta_store::usage!("agent.control must be a loopback address, not {addr}")
@@ -222,11 +219,16 @@ pub async fn serve(d: Arc<Daemon>, addr: SocketAddr, token: String) -> anyhow::R
         .route("/v1/jobs/{package}/{version}", get(job))
         .route(
             "/v1/status",
-            get(|State(d): State<Arc<Daemon>>| async move { Json(d.status()) }),
+            get(|State(d): State<Daemon>| async move {
+                match d.status().await {
+                    Ok(s) => Json(s).into_response(),
+                    Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+                }
+            }),
         )
         .route(
             "/metrics",
-            get(|State(d): State<Arc<Daemon>>| async move { d.metrics() }),
+            get(|State(d): State<Daemon>| async move { d.metrics().await }),
         )
         .with_state(d)
         .layer(axum::middleware::from_fn_with_state(g, guard));
@@ -281,12 +283,7 @@ impl ControlClient {
             return Ok(self);
         }
         let s = self.status().await?;
-        let Some(p) = s["control_token_file"]
-            .as_str()
-            .map(std::path::PathBuf::from)
-        else {
-            anyhow::bail!("the agent daemon at {} names no token file", self.base);
-        };
+        let p = std::path::PathBuf::from(&s.control_token_file);
         self.token = Some(read_token(&p).ok_or_else(|| unreadable(&p))?);
         Ok(self)
     }
@@ -331,7 +328,7 @@ impl ControlClient {
     }
 
     /// One transfer.
-    pub async fn job(&self, package: &str, version: u64) -> anyhow::Result<serde_json::Value> {
+    pub async fn job(&self, package: &str, version: u64) -> anyhow::Result<super::view::JobView> {
         self.json(
             self.http
                 .get(format!("{}/v1/jobs/{package}/{version}", self.base)),
@@ -340,7 +337,7 @@ impl ControlClient {
     }
 
     /// The daemon's status.
-    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+    pub async fn status(&self) -> anyhow::Result<super::view::StatusView> {
         self.json(self.http.get(format!("{}/v1/status", self.base)))
             .await
     }

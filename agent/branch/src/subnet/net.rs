@@ -150,14 +150,61 @@ pub struct Net {
     tx: mpsc::UnboundedSender<Cmd>,
     links: Arc<Mutex<BTreeMap<PeerId, PeerLink>>>,
     listening: Arc<Mutex<Vec<Multiaddr>>>,
-    uploads: Arc<std::sync::atomic::AtomicU32>,
+    uploads: Arc<Mutex<Uploads>>,
+}
+
+/// Range requests being answered (upload slots in use), per peer. A slot is
+/// free again when its answer was sent, failed, or, for a reader too slow
+/// to take it, after [`SLOT_HOLD`]: a slow reader cannot hold slots forever.
+#[derive(Debug, Default)]
+struct Uploads {
+    by_request: HashMap<request_response::InboundRequestId, (PeerId, std::time::Instant)>,
+    by_peer: BTreeMap<PeerId, u32>,
+}
+
+/// Longest an answer holds an upload slot.
+const SLOT_HOLD: Duration = Duration::from_secs(30);
+
+impl Uploads {
+    fn take(&mut self, id: request_response::InboundRequestId, peer: PeerId) {
+        self.by_request
+            .insert(id, (peer, std::time::Instant::now()));
+        *self.by_peer.entry(peer).or_default() += 1;
+    }
+
+    fn free(&mut self, id: request_response::InboundRequestId) {
+        if let Some((peer, _)) = self.by_request.remove(&id)
+            && let Some(n) = self.by_peer.get_mut(&peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let old: Vec<_> = self
+            .by_request
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() >= SLOT_HOLD)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.free(id);
+        }
+    }
 }
 
 impl Net {
-    /// Range requests received and not yet answered to the end (their
-    /// bytes still being read or sent): the upload slots in use.
-    pub fn uploads(&self) -> u32 {
-        self.uploads.load(std::sync::atomic::Ordering::Relaxed)
+    /// Upload slots in use: in all, and by `peer` (range requests received
+    /// and not yet answered to the end).
+    pub fn uploads(&self, peer: &PeerId) -> (u32, u32) {
+        let u = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            u.by_request.len() as u32,
+            u.by_peer.get(peer).copied().unwrap_or(0),
+        )
     }
 
     /// Sends a request and waits for the answer.
@@ -267,7 +314,7 @@ impl Warned {
 pub fn start(
     key: identity::Keypair,
     cfg: NetConfig,
-) -> anyhow::Result<(Net, mpsc::UnboundedReceiver<Incoming>)> {
+) -> anyhow::Result<(Net, mpsc::Receiver<Incoming>)> {
     let local = key.public().to_peer_id();
     let transport = transport(&key, cfg.psk)?;
     let mdns = if cfg.mdns {
@@ -301,7 +348,7 @@ pub fn start(
             .with_context(|| format!("listening on {addr}"))?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
-    let (in_tx, in_rx) = mpsc::unbounded_channel::<Incoming>();
+    let (in_tx, in_rx) = mpsc::channel::<Incoming>(1024);
     let net = Net {
         local,
         tx,
@@ -330,18 +377,12 @@ pub fn start(
         // Failed handshakes are logged once per address and minute (peers
         // redial every few seconds).
         let mut warned = Warned::default();
-        // Range requests in progress (upload slots), until sent or failed.
-        let mut ranges_in: std::collections::HashSet<request_response::InboundRequestId> =
-            std::collections::HashSet::new();
         let uploads = handle.uploads.clone();
-        let slot_freed = |ranges_in: &mut std::collections::HashSet<_>, id| {
-            if ranges_in.remove(&id) {
-                uploads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
+        let slot_freed = |id| uploads.lock().unwrap_or_else(|e| e.into_inner()).free(id);
         loop {
             tokio::select! {
                 _ = redial.tick() => {
+                    handle.uploads.lock().unwrap_or_else(|e| e.into_inner()).expire();
                     let links = handle.links();
                     for a in &statics {
                         let connected = static_peer.get(a).is_some_and(|p| links.contains_key(p));
@@ -443,10 +484,16 @@ pub fn start(
                         request_response::Event::Message { peer, message, .. } => match message {
                             request_response::Message::Request { request, channel, request_id } => {
                                 if matches!(request, Request::Range { .. }) {
-                                    ranges_in.insert(request_id);
-                                    handle.uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    handle.uploads.lock().unwrap_or_else(|e| e.into_inner()).take(request_id, peer);
                                 }
-                                let _ = in_tx.send(Incoming { peer, request, channel });
+                                // Bounded: when the daemon is that far behind, say so.
+                                if let Err(e) = in_tx.try_send(Incoming { peer, request, channel }) {
+                                    let i = e.into_inner();
+                                    let _ = swarm.behaviour_mut().rr.send_response(
+                                        i.channel,
+                                        Response::Refused("overloaded; ask again later".into()),
+                                    );
+                                }
                             }
                             request_response::Message::Response { request_id, response } => {
                                 if let Some(tx) = pending.remove(&request_id) {
@@ -467,10 +514,10 @@ pub fn start(
                         }
                         request_response::Event::InboundFailure { peer, error, request_id, .. } => {
                             tracing::debug!(%peer, "inbound request failed: {error}");
-                            slot_freed(&mut ranges_in, request_id);
+                            slot_freed(request_id);
                         }
                         request_response::Event::ResponseSent { request_id, .. } => {
-                            slot_freed(&mut ranges_in, request_id);
+                            slot_freed(request_id);
                         }
                     },
                     _ => {}
