@@ -606,6 +606,34 @@ impl Job {
         let Some((m, raw)) = self.manifest.clone() else {
             return;
         };
+        // A content verified earlier that the cache no longer holds (seen
+        // once under load, cause not found): built again, once.
+        let lost: Vec<ContentId> = self
+            .works
+            .iter()
+            .filter(|(_, w)| w.done && !w.retried && !self.io.cache.has(&w.hash))
+            .map(|(c, _)| *c)
+            .collect();
+        if !lost.is_empty() {
+            let now = now();
+            for c in lost {
+                let Some(w) = self.works.get_mut(&c) else {
+                    continue;
+                };
+                tracing::warn!(content = %w.hash, "a verified content left the cache before the version was recorded; building it again");
+                w.done = false;
+                w.retried = true;
+                w.how = How::Whole;
+                let source = if w.entry.pieces.is_some() {
+                    Source::Pieces
+                } else {
+                    Source::Small
+                };
+                self.active += 1;
+                self.start(now, c, source);
+            }
+            return;
+        }
         if let Err(e) = self.io.cache.record_version(&m, &raw) {
             return self.fail(format!("{e:#}"));
         }
