@@ -252,3 +252,43 @@ fn scenario_values_out_of_range_are_refused() {
     let huge = "name = \"x\"\n[package]\nsize_mib = 1\n[[branches]]\ncount = 4611686018427387905\nagents = 4\n";
     assert!(Scenario::parse(huge).is_err());
 }
+
+#[test]
+fn each_rogue_misbehaviour_leaves_every_honest_agent_finishing() {
+    // One rogue per branch from the start. Every honest agent finishes,
+    // nothing is fetched from the DP twice while an honest peer holds it,
+    // and no honest peer is banned.
+    let plain = peerdelta_simnet::run(&small("", ""), None)
+        .unwrap()
+        .0
+        .result;
+    let ideal = plain.origin_bytes + 50_000;
+    for kind in [
+        "silent_master",
+        "not_found",
+        "busy",
+        "slow_reader",
+        "flapping",
+    ] {
+        let faults = format!("[[faults]]\nkind = \"rogue\"\nbehaviour = \"{kind}\"\nat_s = 0\n");
+        let r = peerdelta_simnet::run(&small("", &faults), None)
+            .unwrap()
+            .0
+            .result;
+        assert!(r.violations.is_empty(), "{kind}: {:?}", r.violations);
+        assert_eq!(r.unfinished, 0, "{kind}");
+        assert_eq!(r.honest_bans, 0, "{kind}");
+        if matches!(kind, "silent_master" | "not_found") {
+            assert!(r.rogue_bans > 0, "{kind}: the rogue was never banned");
+        }
+        // A flapping rogue can win an election and take the DP's runs
+        // with it: at most one fetch more.
+        for b in &r.per_branch {
+            assert!(
+                b.wan_bytes <= 2 * ideal,
+                "{kind}: {} vs {ideal}",
+                b.wan_bytes
+            );
+        }
+    }
+}
