@@ -1,10 +1,9 @@
 //! What goes wrong: crashes (silent or not), departures, joins, DP
-//! outages, cut links, and rogue peers that lie in the five ways the tests'
-//! rogue binary does ([`Misbehaviour`]).
+//! outages, cut links, and rogue peers that misbehave in five ways
+//! ([`Misbehaviour`]; their answers are in `rogue`).
 
 use peerdelta_protocol::election::Rank;
 use peerdelta_protocol::rangeset::RangeSet;
-use peerdelta_protocol::transfer::Outcome as End;
 
 use crate::agent::Holding;
 use crate::link::Us;
@@ -288,34 +287,5 @@ pub(crate) fn rogue_rank(kind: Misbehaviour) -> (Rank, bool) {
         Misbehaviour::SilentMaster | Misbehaviour::Flapping => (best, true),
         Misbehaviour::NotFound | Misbehaviour::Busy => (best, false),
         Misbehaviour::SlowReader => (Rank::from_holdings(7, &[], 0, 0, 1, 1 << 30), false),
-    }
-}
-
-/// A rogue's answer to a data request (`None`: it never answers).
-pub(crate) fn rogue_answer(kind: Misbehaviour, present: bool) -> Option<End> {
-    if !present {
-        return Some(End::Unreachable);
-    }
-    match kind {
-        Misbehaviour::SilentMaster | Misbehaviour::Flapping => None,
-        Misbehaviour::NotFound | Misbehaviour::SlowReader => Some(End::NotFound),
-        Misbehaviour::Busy => Some(End::Busy),
-    }
-}
-
-/// A rogue's answer to a coverage question: what it claims to hold and
-/// whether it claims the base, or an error (`None`: no answer).
-pub(crate) fn rogue_coverage(
-    kind: Misbehaviour,
-    present: bool,
-    size: u64,
-) -> Option<Result<(RangeSet, bool), End>> {
-    if !present {
-        return Some(Err(End::Unreachable));
-    }
-    match kind {
-        Misbehaviour::SilentMaster | Misbehaviour::Flapping => None,
-        Misbehaviour::NotFound | Misbehaviour::Busy => Some(Ok((RangeSet::whole(size), true))),
-        Misbehaviour::SlowReader => Some(Ok((RangeSet::new(), false))),
     }
 }

@@ -12,7 +12,7 @@
 //! - [`link`]: DP, WAN and LAN links as FIFO servers; [`agent`]: one
 //!   agent's state;
 //! - [`sim`]: the event loop that drives the state machines;
-//!   [`faults`]: crashes, outages and rogue peers;
+//!   [`faults`]: crashes, outages and rogue peers ([`rogue`]: their answers);
 //! - [`report`]: the JSON report; [`plot`]: its SVG plots.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,6 +24,7 @@ pub mod link;
 pub mod plot;
 pub mod report;
 pub mod rng;
+pub mod rogue;
 pub mod scenario;
 pub mod sim;
 

@@ -735,7 +735,7 @@ impl<'a> Sim<'a> {
         let rtt = 2 * self.lan_latency(a);
         let pa = &self.agents[p as usize];
         if let Some(kind) = pa.rogue {
-            if let Some(o) = crate::faults::rogue_answer(kind, pa.present) {
+            if let Some(o) = crate::rogue::rogue_answer(kind, pa.present) {
                 self.later(self.now + rtt, a, id, What::Answer(o));
             }
             return;
@@ -774,9 +774,7 @@ impl<'a> Sim<'a> {
                 // Answered at once: a LAN round trip is far below every timer.
                 let pa = &self.agents[peer as usize];
                 let answer = match pa.rogue {
-                    Some(kind) => {
-                        crate::faults::rogue_coverage(kind, pa.present, self.content.size)
-                    }
+                    Some(kind) => crate::rogue::rogue_coverage(kind, pa.present, self.content.size),
                     None if !pa.alive && pa.silent => None,
                     None if !pa.alive => Some(Err(End::Unreachable)),
                     None => Some(Ok((pa.coverage.clone(), pa.holding == Holding::Base))),
