@@ -686,6 +686,16 @@ impl<'a> Sim<'a> {
         slot
     }
 
+    /// The DP does not answer `a`'s request `id`: `a` hears so at `at`.
+    fn dp_unanswered(&mut self, at: Us, a: u32, id: RequestId) {
+        let e = End::Dp {
+            transient: true,
+            detail: "the DP does not answer".into(),
+        };
+        self.trace.dp_errors += 1;
+        self.later(at, a, id, What::Answer(e));
+    }
+
     fn lan_latency(&self, a: u32) -> Us {
         self.branches[self.agents[a as usize].branch as usize].lan_latency
     }
@@ -799,14 +809,7 @@ impl<'a> Sim<'a> {
                 self.ask_peer(a, peer, id, bytes, has, What::Item { item, from });
             }
             Action::ItemFromDp { id, item } => match self.dp_call(b) {
-                Err(at) => {
-                    let e = End::Dp {
-                        transient: true,
-                        detail: "the DP does not answer".into(),
-                    };
-                    self.trace.dp_errors += 1;
-                    self.later(at, a, id, What::Answer(e));
-                }
+                Err(at) => self.dp_unanswered(at, a, id),
                 Ok(start) => {
                     let bytes = if item == RDC {
                         self.rdc_bytes(a)
@@ -871,14 +874,7 @@ impl<'a> Sim<'a> {
                         self.ask_peer(a, p, id, bytes, has, what);
                     }
                     RunsFrom::Dp { .. } => match self.dp_call(b) {
-                        Err(at) => {
-                            let e = End::Dp {
-                                transient: true,
-                                detail: "the DP does not answer".into(),
-                            };
-                            self.trace.dp_errors += 1;
-                            self.later(at, a, id, What::Answer(e));
-                        }
+                        Err(at) => self.dp_unanswered(at, a, id),
                         Ok(start) => {
                             self.check_refetch(a, &units);
                             let _ = self.dp_transfer(a, start, bytes, id, What::DpRuns { units });

@@ -588,15 +588,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             p.coverage.clear();
             self.peers_gen += 1;
         }
-        let ids: Vec<RequestId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.peer.as_ref() == Some(&peer))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.end(id);
-        }
+        self.end_requests_to(&peer);
         if self.peers.get(&peer).is_some_and(|p| !p.banned) {
             self.peers.remove(&peer);
         }

@@ -169,6 +169,19 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         self.peers_gen += 1;
     }
 
+    /// Forgets every request in flight to `peer` (it left, or is banned).
+    pub(super) fn end_requests_to(&mut self, peer: &P) {
+        let ids: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.peer.as_ref() == Some(peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.end(id);
+        }
+    }
+
     pub(super) fn ban(&mut self, peer: P, reason: BanReason) {
         let ps = self.peers.entry(peer.clone()).or_default();
         if ps.banned {
@@ -178,15 +191,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         ps.coverage.clear();
         self.all_dirty = true;
         self.peers_gen += 1;
-        let ids: Vec<RequestId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.peer.as_ref() == Some(&peer))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.end(id);
-        }
+        self.end_requests_to(&peer);
         self.actions.push_back(Action::Ban { peer, reason });
     }
 

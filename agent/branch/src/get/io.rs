@@ -227,17 +227,7 @@ impl Io {
         };
         let bytes = match self.ask(peer, req, deadline).await {
             Some(Response::Bytes(b)) => b,
-            Some(Response::Busy) => return vec![JobEvent::End(id, Outcome::Busy)],
-            Some(Response::NotFound | Response::Refused(_)) => {
-                return vec![JobEvent::End(id, Outcome::NotFound)];
-            }
-            Some(_) => {
-                return vec![JobEvent::End(
-                    id,
-                    Outcome::BadData("an unexpected answer".into()),
-                )];
-            }
-            None => return vec![JobEvent::End(id, Outcome::Unreachable)],
+            other => return vec![JobEvent::End(id, not_data(other))],
         };
         self.got(bytes.len());
         let mut out = Vec::new();
@@ -643,15 +633,7 @@ impl Io {
                     )],
                 }
             }
-            Some(Response::NotFound | Response::Refused(_)) => {
-                vec![JobEvent::End(id, Outcome::NotFound)]
-            }
-            Some(Response::Busy) => vec![JobEvent::End(id, Outcome::Busy)],
-            Some(_) => vec![JobEvent::End(
-                id,
-                Outcome::BadData("an unexpected answer".into()),
-            )],
-            None => vec![JobEvent::End(id, Outcome::Unreachable)],
+            other => vec![JobEvent::End(id, not_data(other))],
         }
     }
 
@@ -686,15 +668,7 @@ impl Io {
                     )]
                 }
             }
-            Some(Response::NotFound | Response::Refused(_)) => {
-                vec![JobEvent::End(id, Outcome::NotFound)]
-            }
-            Some(Response::Busy) => vec![JobEvent::End(id, Outcome::Busy)],
-            Some(_) => vec![JobEvent::End(
-                id,
-                Outcome::BadData("an unexpected answer".into()),
-            )],
-            None => vec![JobEvent::End(id, Outcome::Unreachable)],
+            other => vec![JobEvent::End(id, not_data(other))],
         }
     }
 
@@ -766,6 +740,17 @@ impl Io {
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         vec![JobEvent::Verified(content, r)]
+    }
+}
+
+/// How a peer's answer that carries no data ends a request (`None`: no
+/// answer in time).
+fn not_data(r: Option<Response>) -> Outcome {
+    match r {
+        Some(Response::NotFound | Response::Refused(_)) => Outcome::NotFound,
+        Some(Response::Busy) => Outcome::Busy,
+        Some(_) => Outcome::BadData("an unexpected answer".into()),
+        None => Outcome::Unreachable,
     }
 }
 
