@@ -265,6 +265,9 @@ pub struct Election<P> {
     master: Option<P>,
     /// Since when our own rank says complete (meaningful while it does).
     complete_since_ms: u64,
+    /// No peer is forgotten before then: the table is looked over only
+    /// when its oldest entry may have fallen silent for long.
+    forget_due_ms: u64,
     claiming_since_ms: u64,
     started_ms: u64,
     now_ms: u64,
@@ -294,6 +297,7 @@ impl<P: Ord + Clone + Debug> Election<P> {
             claiming: false,
             master: None,
             complete_since_ms: now_ms,
+            forget_due_ms: now_ms,
             claiming_since_ms: now_ms,
             started_ms: now_ms,
             now_ms,
@@ -523,13 +527,16 @@ impl<P: Ord + Clone + Debug> Election<P> {
                 }
                 self.rank = r;
             }
-            Event::Tick => {
-                // Forget peers silent for long (bounded table).
-                let forget = self
-                    .now_ms
-                    .saturating_sub(10 * self.timing.master_timeout_ms);
+            Event::Tick if self.now_ms >= self.forget_due_ms => {
+                // Forget peers silent for long (bounded table). Heard times
+                // only grow, so the oldest left says when to look again.
+                let silence = 10 * self.timing.master_timeout_ms;
+                let forget = self.now_ms.saturating_sub(silence);
                 self.peers.retain(|_, h| h.at_ms >= forget);
+                let oldest = self.peers.values().map(|h| h.at_ms).min();
+                self.forget_due_ms = oldest.unwrap_or(self.now_ms).saturating_add(silence);
             }
+            Event::Tick => {}
         }
         let actions = self.decide();
         self.actions.extend(actions);

@@ -17,13 +17,11 @@
 //! 5. the DP, and only for the master: the WAN;
 //! 6. otherwise wait: the master (or a holder) has not got it yet.
 //!
-//! Banned peers (they served bytes that failed verification) are never
-//! chosen again for this transfer. Step 5 comes only after the subnet's
+//! Banned peers (they served bytes that failed verification) are left out
+//! of the [`View`], so never chosen again for this transfer. Step 5 comes only after the subnet's
 //! holders were asked, which is how a new master after a re-election takes
 //! from the LAN every run the subnet already has: no run crosses the WAN
 //! twice.
-
-use std::collections::{BTreeMap, BTreeSet};
 
 use crate::rangeset::RangeSet;
 
@@ -63,23 +61,33 @@ pub enum Source<P> {
     Dp,
 }
 
-/// What the scheduler knows about the subnet for one content. Holders'
-/// ranges are borrowed: building a view copies no coverage.
+/// What the scheduler knows about the subnet for one content: usable peers
+/// only (banned ones are left out). Holders' ranges are borrowed: building
+/// a view copies no coverage. Plain lists, as a view is built for every
+/// scheduling pass and a subnet has tens of peers.
 #[derive(Debug, Clone)]
 pub struct View<'a, P> {
     /// Whether we hold the base content.
     pub have_base: bool,
     /// Whether we may use the WAN (we are master).
     pub may_use_dp: bool,
-    /// Per peer: the target ranges it holds verified.
-    pub holders: BTreeMap<P, &'a RangeSet>,
+    /// The peers that hold target ranges verified.
+    pub holders: Vec<Holder<'a, P>>,
     /// Peers that hold the base content whole.
-    pub base_holders: BTreeSet<P>,
-    /// Peers banned for this transfer.
-    pub banned: BTreeSet<P>,
-    /// Peers that just answered "busy" (all their upload slots taken):
-    /// another holder is preferred; a unit only busy peers hold waits.
-    pub busy: BTreeSet<P>,
+    pub base_holders: Vec<P>,
+}
+
+/// A peer holding part of the target.
+#[derive(Debug, Clone)]
+pub struct Holder<'a, P> {
+    /// Who.
+    pub peer: P,
+    /// The target ranges it holds verified.
+    pub ranges: &'a RangeSet,
+    /// It cannot take a request now (it answered "busy", or ours to it
+    /// are at their cap): another holder is preferred; a unit only busy
+    /// peers hold waits.
+    pub busy: bool,
 }
 
 impl<P> Default for View<'_, P> {
@@ -87,11 +95,19 @@ impl<P> Default for View<'_, P> {
         View {
             have_base: false,
             may_use_dp: false,
-            holders: BTreeMap::new(),
-            base_holders: BTreeSet::new(),
-            banned: BTreeSet::new(),
-            busy: BTreeSet::new(),
+            holders: Vec::new(),
+            base_holders: Vec::new(),
         }
+    }
+}
+
+impl<'a, P: PartialEq> View<'a, P> {
+    /// The ranges `peer` holds, if it is a holder.
+    pub fn ranges_of(&self, peer: &P) -> Option<&'a RangeSet> {
+        self.holders
+            .iter()
+            .find(|h| h.peer == *peer)
+            .map(|h| h.ranges)
     }
 }
 
@@ -101,14 +117,13 @@ impl<P> Default for View<'_, P> {
 /// requests in flight are at their caps.
 #[derive(Debug, Clone)]
 pub struct Scheduler<P> {
-    load: BTreeMap<P, u64>,
+    /// Bytes given to each peer so far, sorted by peer.
+    load: Vec<(P, u64)>,
 }
 
 impl<P: Ord + Clone> Default for Scheduler<P> {
     fn default() -> Self {
-        Scheduler {
-            load: BTreeMap::new(),
-        }
+        Scheduler { load: Vec::new() }
     }
 }
 
@@ -123,14 +138,13 @@ impl<P: Ord + Clone> Scheduler<P> {
         let holder = view
             .holders
             .iter()
-            .filter(|(p, _)| !view.banned.contains(*p))
-            .filter(|(_, ranges)| ranges.covers(u.offset, end))
+            .filter(|h| h.ranges.covers(u.offset, end))
             .inspect(|_| held = true)
-            .filter(|(p, _)| !view.busy.contains(*p))
-            .min_by_key(|(p, _)| self.load.get(*p).copied().unwrap_or(0))
-            .map(|(p, _)| p.clone());
+            .filter(|h| !h.busy)
+            .min_by_key(|h| self.load_of(&h.peer))
+            .map(|h| h.peer.clone());
         if let Some(p) = holder {
-            *self.load.entry(p.clone()).or_default() += u.len;
+            self.add_load(&p, u.len);
             return Some(Source::Peer(p));
         }
         if held {
@@ -142,15 +156,33 @@ impl<P: Ord + Clone> Scheduler<P> {
             let alt = view
                 .base_holders
                 .iter()
-                .filter(|p| !view.banned.contains(*p))
-                .min_by_key(|p| self.load.get(*p).copied().unwrap_or(0))
+                .min_by_key(|p| self.load_of(p))
                 .cloned();
             if let Some(p) = alt {
-                *self.load.entry(p.clone()).or_default() += u.len;
+                self.add_load(&p, u.len);
                 return Some(Source::AltCopy(p));
             }
         }
         view.may_use_dp.then_some(Source::Dp)
+    }
+
+    fn load_of(&self, p: &P) -> u64 {
+        self.load
+            .binary_search_by(|(q, _)| q.cmp(p))
+            .ok()
+            .and_then(|i| self.load.get(i))
+            .map_or(0, |x| x.1)
+    }
+
+    fn add_load(&mut self, p: &P, bytes: u64) {
+        match self.load.binary_search_by(|(q, _)| q.cmp(p)) {
+            Ok(i) => {
+                if let Some(x) = self.load.get_mut(i) {
+                    x.1 += bytes;
+                }
+            }
+            Err(i) => self.load.insert(i, (p.clone(), bytes)),
+        }
     }
 }
 
@@ -188,6 +220,14 @@ mod tests {
         assert!(busy(1, 1, 2));
     }
 
+    fn holder<P>(peer: P, ranges: &RangeSet) -> Holder<'_, P> {
+        Holder {
+            peer,
+            ranges,
+            busy: false,
+        }
+    }
+
     fn units() -> Vec<Unit> {
         vec![
             Unit {
@@ -221,7 +261,7 @@ mod tests {
             ..View::default()
         };
         let r7 = RangeSet::from_ranges(&[(100, 50)]);
-        v.holders.insert(7, &r7);
+        v.holders.push(holder(7, &r7));
         let a = assign(&units(), |_, _| false, &v);
         assert_eq!(
             a,
@@ -238,15 +278,12 @@ mod tests {
     }
 
     #[test]
-    fn alt_copy_when_the_base_is_elsewhere_and_bans_hold() {
+    fn alt_copy_when_the_base_is_elsewhere() {
         let mut v: View<'_, u8> = View {
             may_use_dp: true,
             ..View::default()
         };
-        v.base_holders.insert(3);
-        let all = RangeSet::whole(260);
-        v.holders.insert(5, &all);
-        v.banned.insert(5);
+        v.base_holders.push(3);
         let a = assign(&units(), |_, _| false, &v);
         assert_eq!(
             a,
@@ -263,8 +300,8 @@ mod tests {
     fn done_units_are_skipped_and_load_is_spread() {
         let mut v: View<'_, u8> = View::default();
         let all = RangeSet::whole(260);
-        v.holders.insert(1, &all);
-        v.holders.insert(2, &all);
+        v.holders.push(holder(1, &all));
+        v.holders.push(holder(2, &all));
         let a = assign(&units(), |_, u| u.offset == 100, &v);
         let by: Vec<u8> = a
             .iter()
@@ -284,14 +321,16 @@ mod tests {
             ..View::default()
         };
         let (a, b) = (RangeSet::whole(1000), RangeSet::from_ranges(&[(100, 50)]));
-        v.holders.insert(1, &a);
-        v.holders.insert(2, &b);
-        v.busy.insert(1);
+        v.holders.push(Holder {
+            busy: true,
+            ..holder(1, &a)
+        });
+        v.holders.push(holder(2, &b));
         let a = assign(&units(), |_, _| false, &v);
         // Unit at 100 from the free peer 2; the others only busy peer 1
         // holds: they wait, they do not go to the DP.
         assert_eq!(a, vec![(1, Source::Peer(2))]);
-        v.busy.clear();
+        v.holders[0].busy = false;
         let a = assign(&units(), |_, _| false, &v);
         assert!(a.iter().all(|(_, f)| matches!(f, Source::Peer(_))), "{a:?}");
     }

@@ -68,6 +68,7 @@
 mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use crate::rangeset::RangeSet;
 use crate::swarm::Unit;
@@ -115,7 +116,8 @@ pub struct Config {
     pub stall_ms: u64,
     /// A peer's coverage is asked again when nothing was heard of it for
     /// this long while units wait (news, [`Transfer::handle_have`], keeps it
-    /// fresh: the question is a safety net).
+    /// fresh: the question is a safety net); twice as long after each
+    /// answer that told nothing new, up to [`RETRY_DOUBLINGS`] times.
     pub coverage_refresh_ms: u64,
     /// A failed question (coverage, or an item a peer lacked) is asked
     /// again after this long.
@@ -341,12 +343,14 @@ struct Cover {
     has_base: bool,
     /// It is asked again from then on; news pushes this back.
     fresh_until: Timestamp,
+    /// Answers in a row that told nothing new: each doubles the time before
+    /// the next question (up to [`RETRY_DOUBLINGS`] times), so a subnet
+    /// waiting on its master does not poll every peer at a fixed rate.
+    quiet: u32,
 }
 
 #[derive(Debug, Clone, Default)]
 struct PeerState {
-    /// Per content: what it claims to hold.
-    coverage: BTreeMap<ContentId, Cover>,
     strikes: u32,
     banned: bool,
     /// Since when it has answered "busy" without delivering.
@@ -358,16 +362,71 @@ struct PeerState {
     /// Times its claims were set aside (busy all along).
     set_aside: u32,
     in_flight: usize,
+    /// "Busy" answers in a row: each doubles the pause before it is asked
+    /// again (up to [`RETRY_DOUBLINGS`] times).
+    busy_count: u32,
     /// Items it was asked for and did not deliver ("not found", or no
-    /// answer in time), and when: it is asked again after
-    /// [`Config::retry_ms`] (it may have it by then), but once
-    /// every peer failed once the master goes to the DP.
-    lacks: BTreeMap<ItemId, Timestamp>,
+    /// answer in time): it is asked again after a pause (it may have it
+    /// by then), but once every peer failed once the master goes to the DP.
+    lacks: BTreeMap<ItemId, Lack>,
+}
+
+/// How many times a pause doubles: after "busy" or "not found" from
+/// [`Config::retry_ms`] (500 ms to 4 s by default), before a coverage
+/// question that keeps getting the same answer from
+/// [`Config::coverage_refresh_ms`] (10 s to 80 s): a subnet of peers
+/// waiting on one holder does not poll at a fixed rate.
+pub const RETRY_DOUBLINGS: u32 = 3;
+
+/// The pause after `tries` failed asks in a row.
+fn retry_pause(retry_ms: u64, tries: u32) -> u64 {
+    retry_ms << tries.saturating_sub(1).min(RETRY_DOUBLINGS)
+}
+
+/// A peer lacked an item when asked.
+#[derive(Debug, Clone, Copy)]
+struct Lack {
+    /// When it last said so.
+    at: Timestamp,
+    /// Times in a row.
+    tries: u32,
+}
+
+impl Lack {
+    /// When it may be asked again.
+    fn until(&self, retry_ms: u64) -> Timestamp {
+        self.at.plus_ms(retry_pause(retry_ms, self.tries))
+    }
+}
+
+impl PeerState {
+    /// When its busy or set-aside state next changes.
+    fn timer(&self, patience_ms: u64) -> Option<Timestamp> {
+        [
+            self.ignored_until,
+            self.busy_until,
+            self.busy_since.map(|b| b.plus_ms(patience_ms)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// It lacked `item` now (once more).
+    fn lacked(&mut self, item: ItemId, now: Timestamp) {
+        let l = self.lacks.entry(item).or_insert(Lack { at: now, tries: 0 });
+        l.at = now;
+        l.tries = l.tries.saturating_add(1);
+    }
 }
 
 #[derive(Debug, Clone)]
-struct ContentState {
-    units: Vec<Unit>,
+struct ContentState<P> {
+    /// What each peer claims to hold of it (kept with the content, not the
+    /// peer: a scheduling pass reads every peer's claim on one content).
+    covers: BTreeMap<P, Cover>,
+    /// Shared: a simulation of thousands of agents holds one list.
+    units: Arc<[Unit]>,
     done: Vec<bool>,
     left: usize,
     in_flight: Vec<bool>,
@@ -416,7 +475,7 @@ pub struct Transfer<P> {
     master: bool,
     peers: BTreeMap<P, PeerState>,
     items: BTreeMap<ItemId, ItemState>,
-    contents: BTreeMap<ContentId, ContentState>,
+    contents: BTreeMap<ContentId, ContentState<P>>,
     in_flight: BTreeMap<RequestId, InFlight<P>>,
     lan_in_flight: usize,
     dp_in_flight: usize,
@@ -448,6 +507,9 @@ pub struct Transfer<P> {
     /// Events came in since the last decisions: the next
     /// [`Transfer::poll_action`] decides (once for a burst of events).
     unsettled: bool,
+    /// When some peer's busy or set-aside state next changes (none: no
+    /// peer has such a timer); [`Transfer::tick`] looks at peers only then.
+    peers_due: Option<Timestamp>,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
@@ -485,6 +547,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             news_due: false,
             peers_gen: 0,
             unsettled: false,
+            peers_due: None,
         }
     }
 
@@ -514,12 +577,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         &mut self,
         now: Timestamp,
         content: ContentId,
-        units: Vec<Unit>,
+        units: impl Into<Arc<[Unit]>>,
         done: impl Fn(&Unit) -> bool,
         have_base: bool,
         pack: bool,
     ) {
         self.tick(now);
+        let units: Arc<[Unit]> = units.into();
         let done: Vec<bool> = units.iter().map(done).collect();
         let n = units.len();
         let left = done.iter().filter(|d| !**d).count();
@@ -531,6 +595,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         self.contents.insert(
             content,
             ContentState {
+                covers: BTreeMap::new(),
                 units,
                 left,
                 done,
@@ -559,9 +624,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         if master && !self.master {
             let now = self.now;
             for c in self
-                .peers
+                .contents
                 .values_mut()
-                .flat_map(|p| p.coverage.values_mut())
+                .flat_map(|c| c.covers.values_mut())
             {
                 c.fresh_until = now;
             }
@@ -584,8 +649,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     /// A peer left: its claims go, its requests are abandoned.
     pub fn handle_peer_gone(&mut self, now: Timestamp, peer: P) {
         self.tick(now);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.coverage.clear();
+        if self.peers.contains_key(&peer) {
+            self.forget_covers(&peer);
             self.peers_gen += 1;
         }
         self.end_requests_to(&peer);
@@ -608,12 +673,25 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         has_base: bool,
     ) {
         self.tick(now);
-        let fresh_until = self.now.plus_ms(self.cfg.coverage_refresh_ms);
-        if let Some(p) = self.peers.get_mut(&peer)
+        if let Some(p) = self.peers.get(&peer)
             && !p.banned
+            && let Some(cs) = self.contents.get_mut(&content)
         {
-            let old = p.coverage.get(&content);
-            let same = old.is_some_and(|c| c.ranges == ranges && c.has_base == has_base);
+            let ranges = cs.waiting_in(&ranges);
+            let old = cs.covers.get(&peer);
+            // What it held before and we still wait for (units done since
+            // are no news).
+            let same = old.is_some_and(|c| {
+                c.has_base == has_base && (c.ranges == ranges || cs.waiting_in(&c.ranges) == ranges)
+            });
+            let quiet = match old {
+                Some(c) if same => c.quiet.saturating_add(1),
+                _ => 0,
+            };
+            let fresh_until = self.now.plus_ms(retry_pause(
+                self.cfg.coverage_refresh_ms,
+                quiet.saturating_add(1),
+            ));
             // Claims usually grow: what all peers hold grows with them.
             let grows = old.is_none_or(|c| {
                 c.ranges
@@ -624,19 +702,19 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             let usable = p.ignored_until.is_none();
             if !same {
                 self.dirty.insert(content);
-                match self.contents.get_mut(&content) {
-                    Some(cs) if grows && usable && cs.held_gen == self.peers_gen => {
-                        cs.held.extend(&ranges);
-                    }
-                    _ => self.peers_gen += 1,
+                if grows && usable && cs.held_gen == self.peers_gen {
+                    cs.held.extend(&ranges);
+                } else {
+                    self.peers_gen += 1;
                 }
             }
-            p.coverage.insert(
-                content,
+            cs.covers.insert(
+                peer,
                 Cover {
                     ranges,
                     has_base,
                     fresh_until,
+                    quiet,
                 },
             );
         }
@@ -650,36 +728,33 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     pub fn handle_have(&mut self, now: Timestamp, peer: P, content: ContentId, ranges: &RangeSet) {
         self.tick(now);
         let fresh_until = self.now.plus_ms(self.cfg.coverage_refresh_ms);
-        if !self.contents.contains_key(&content) {
+        let Some(cs) = self.contents.get_mut(&content) else {
             return;
-        }
-        let Some(p) = self.peers.get_mut(&peer) else {
+        };
+        let Some(p) = self.peers.get(&peer) else {
             return;
         };
         if p.banned {
             return;
         }
-        let c = p.coverage.entry(content).or_insert_with(|| Cover {
+        let now = self.now;
+        let ranges = &cs.waiting_in(ranges);
+        let c = cs.covers.entry(peer).or_insert_with(|| Cover {
             ranges: RangeSet::new(),
             has_base: false,
             // Only part is known: the whole is still asked.
-            fresh_until: self.now,
+            fresh_until: now,
+            quiet: 0,
         });
         c.ranges.extend(ranges);
-        if c.fresh_until > self.now {
-            c.fresh_until = fresh_until;
+        if c.fresh_until > now {
+            c.fresh_until = c.fresh_until.max(fresh_until);
         }
-        let usable = !p.banned && p.ignored_until.is_none();
-        if let Some(cs) = self.contents.get_mut(&content)
-            && usable
-            && cs.held_gen == self.peers_gen
-        {
+        if p.ignored_until.is_none() && cs.held_gen == self.peers_gen {
             cs.held.extend(ranges);
         }
-        let Some(cs) = self.contents.get(&content) else {
-            return;
-        };
-        // Worth a look only if it holds a unit we still wait for.
+        // Worth a look only if it holds a unit we still wait for and have
+        // not asked for (a request that fails makes the content looked at).
         if cs.left > 0 && ranges.ranges().iter().any(|&(s, l)| cs.waits_within(s, l)) {
             self.dirty.insert(content);
             self.unsettled = true;
@@ -746,6 +821,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     pub fn handle_master_progress(&mut self, now: Timestamp) {
         self.tick(now);
         self.progress();
+        // Items a peer lacked may be there now: no need to wait out the pause.
+        for p in self.peers.values_mut() {
+            p.lacks.clear();
+        }
         self.unsettled = true;
     }
 
@@ -757,6 +836,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         {
             i.done = true;
             self.progress();
+            for p in self.peers.values_mut() {
+                p.lacks.remove(&item);
+            }
         }
         // Answers still in flight for it are of no use now.
         let ids: Vec<RequestId> = self
@@ -831,6 +913,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 {
                     ps.busy_since = None;
                     ps.busy_until = None;
+                    ps.busy_count = 0;
                 }
             }
             (Outcome::Ok, None) => {
@@ -843,18 +926,22 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 Target::Item(item) => {
                     let now = self.now;
                     if let Some(ps) = self.peers.get_mut(&p) {
-                        ps.lacks.insert(item, now);
+                        ps.lacked(item, now);
                     }
                 }
                 Target::Runs(c, _, _) | Target::Coverage(c) => self.strike(p, Some(c)),
                 Target::Probe => {}
             },
             (Outcome::Busy, Some(p)) => {
-                // Asked again after a pause; busy all along, see `tick`.
+                // Asked again after a pause that doubles while it stays
+                // busy; busy all along, see `tick`.
                 let (now, retry) = (self.now, self.cfg.retry_ms);
                 if let Some(ps) = self.peers.get_mut(&p) {
                     ps.busy_since.get_or_insert(now);
-                    ps.busy_until = Some(now.plus_ms(retry));
+                    ps.busy_count = ps.busy_count.saturating_add(1);
+                    ps.busy_until = Some(now.plus_ms(retry_pause(retry, ps.busy_count)));
+                    let t = ps.timer(self.cfg.busy_patience_ms);
+                    self.peers_due = [self.peers_due, t].into_iter().flatten().min();
                 }
             }
             (Outcome::BadData(d), Some(p)) => self.ban(p, BanReason::BadData(d)),
@@ -924,7 +1011,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                     Target::Item(item) => {
                         let now = self.now;
                         if let Some(ps) = self.peers.get_mut(&p) {
-                            ps.lacks.insert(item, now);
+                            ps.lacked(item, now);
                         }
                         None
                     }
@@ -962,36 +1049,25 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             Stall::Armed(t) if waiting => Some(t),
             _ => None,
         };
-        // Hungry contents ask a peer again when its coverage goes stale.
-        let hungry: Vec<ContentId> = self
-            .contents
-            .iter()
-            .filter(|(_, c)| c.left > 0 && c.hungry)
-            .map(|(k, _)| *k)
-            .collect();
+        // Hungry contents ask a peer again when its coverage goes stale
+        // (a peer whose claims are set aside has a timer of its own).
         let refresh = self
-            .peers
+            .contents
             .values()
-            .filter(|p| self.usable(p))
-            .flat_map(|p| hungry.iter().filter_map(|c| p.coverage.get(c)))
+            .filter(|c| c.left > 0 && c.hungry)
+            .flat_map(|c| c.covers.values())
             .map(|c| c.fresh_until)
             .filter(|t| *t > self.now);
-        let busy = self.peers.values().filter_map(|p| {
-            [
-                p.ignored_until,
-                p.busy_until,
-                p.busy_since.map(|b| b.plus_ms(self.cfg.busy_patience_ms)),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-        });
+        let busy = self.peers_due;
+        // Items a peer lacked are asked again (lacks of done items are gone).
+        let asks_again = !self.may_use_dp() && self.items.values().any(|i| !i.done);
         let lacks = self
             .peers
             .values()
+            .filter(|_| asks_again)
             .flat_map(|p| p.lacks.values())
-            .map(|t| t.plus_ms(self.cfg.retry_ms))
-            .filter(|t| *t > self.now && !self.may_use_dp());
+            .map(|l| l.until(self.cfg.retry_ms))
+            .filter(|t| *t > self.now);
         deadlines
             .chain(stall)
             .chain(self.dp_retry_at)

@@ -1,10 +1,18 @@
 //! The transfer's bookkeeping and scheduling: which requests to issue now,
 //! what a failure costs a peer, and when the transfer ends.
 
-use std::collections::BTreeMap;
-
 use super::*;
-use crate::swarm::{Scheduler, Source, View};
+use crate::swarm::{Holder, Scheduler, Source, View};
+
+/// Requests each peer may still take, sorted by peer.
+type Room<P> = Vec<(P, usize)>;
+
+fn room_of<P: Ord>(room: &Room<P>, p: &P) -> usize {
+    room.binary_search_by(|(q, _)| q.cmp(p))
+        .ok()
+        .and_then(|k| room.get(k))
+        .map_or(0, |(_, free)| *free)
+}
 
 impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     /// Whether the DP may be used now: as master, or stalled.
@@ -19,10 +27,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     pub(super) fn tick(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         let waiting =
-            !self.master && !self.stalled && !self.finished && !self.failed && self.has_work();
+            || !self.master && !self.stalled && !self.finished && !self.failed && self.has_work();
         match self.stall {
             Stall::Waiting
-                if waiting && self.now.since(self.last_progress) >= self.cfg.stall_ms =>
+                if self.now.since(self.last_progress) >= self.cfg.stall_ms && waiting() =>
             {
                 let id = self.id();
                 self.stall = Stall::Probing(id);
@@ -36,7 +44,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 );
                 self.actions.push_back(Action::ProbeDp { id });
             }
-            Stall::Armed(until) if waiting && self.now >= until => {
+            Stall::Armed(until) if self.now >= until && waiting() => {
                 self.stall = Stall::Waiting;
                 self.stalled = true;
                 self.stall_fallbacks += 1;
@@ -46,8 +54,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             }
             _ => {}
         }
+        if self.peers_due.is_none_or(|t| t > self.now) {
+            return;
+        }
         let (now, patience) = (self.now, self.cfg.busy_patience_ms);
         let mut set_aside = false;
+        let mut due = None;
         for p in self.peers.values_mut() {
             if p.ignored_until.is_some_and(|t| t <= now) {
                 p.ignored_until = None;
@@ -65,7 +77,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 p.ignored_until = Some(now.plus_ms(patience << (p.set_aside - 1)));
                 set_aside = true;
             }
+            due = [due, p.timer(patience)].into_iter().flatten().min();
         }
+        self.peers_due = due;
         if set_aside {
             self.all_dirty = true;
             self.peers_gen += 1;
@@ -146,27 +160,33 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     /// [`Config::retry_ms`].
     pub(super) fn forget_claims(&mut self, peer: &P, content: Option<ContentId>) {
         let until = self.now.plus_ms(self.cfg.retry_ms);
-        let Some(ps) = self.peers.get_mut(peer) else {
+        if !self.peers.contains_key(peer) {
             return;
-        };
+        }
         // Every content concerned, asked about before or not: one that was
         // never answered is not asked again before `until` either.
-        let ids: Vec<ContentId> = match content {
-            Some(c) => vec![c],
-            None => self.contents.keys().copied().collect(),
-        };
-        for k in ids {
-            ps.coverage.insert(
-                k,
-                Cover {
-                    ranges: RangeSet::new(),
-                    has_base: false,
-                    fresh_until: until,
-                },
-            );
+        for (k, cs) in self.contents.iter_mut() {
+            if content.is_none_or(|c| c == *k) {
+                cs.covers.insert(
+                    peer.clone(),
+                    Cover {
+                        ranges: RangeSet::new(),
+                        has_base: false,
+                        fresh_until: until,
+                        quiet: 0,
+                    },
+                );
+            }
         }
         self.all_dirty = true;
         self.peers_gen += 1;
+    }
+
+    /// Forgets what `peer` claimed of every content.
+    pub(super) fn forget_covers(&mut self, peer: &P) {
+        for cs in self.contents.values_mut() {
+            cs.covers.remove(peer);
+        }
     }
 
     /// Forgets every request in flight to `peer` (it left, or is banned).
@@ -188,7 +208,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             return;
         }
         ps.banned = true;
-        ps.coverage.clear();
+        self.forget_covers(&peer);
         self.all_dirty = true;
         self.peers_gen += 1;
         self.end_requests_to(&peer);
@@ -295,7 +315,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             let recent = |p: &PeerState| {
                 p.lacks
                     .get(&item)
-                    .is_some_and(|t| self.may_use_dp() || self.now.since(*t) < self.cfg.retry_ms)
+                    .is_some_and(|l| self.may_use_dp() || self.now < l.until(self.cfg.retry_ms))
             };
             let from = self.items[&item].from;
             let candidates: Vec<P> = self
@@ -419,42 +439,50 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         while cs.cursor < cs.units.len() && cs.done[cs.cursor] {
             cs.cursor += 1;
         }
+        if self.waits_for_holders(c) {
+            return;
+        }
         let pending = self.coverage_pending(c);
         let cs = &self.contents[&c];
         // Where each waiting unit comes from (`swarm`'s rules), unit by
         // unit, until nothing more can be issued now.
         let mut view: View<'_, P> = View {
             have_base: cs.have_base,
+            holders: Vec::with_capacity(cs.covers.len()),
             ..View::default()
         };
-        let mut room: BTreeMap<P, usize> = BTreeMap::new();
+        // Requests each usable peer may still take, sorted by peer.
+        let mut room: Room<P> = Vec::with_capacity(self.peers.len());
         let mut stale = false;
         // Something could not be issued for want of room.
         let mut blocked = false;
+        // Peers and claims are both sorted by peer: one pass over both.
+        let mut covers = cs.covers.iter().peekable();
         for (p, ps) in &self.peers {
+            while covers.next_if(|(q, _)| *q < p).is_some() {}
+            let cover = covers.next_if(|(q, _)| *q == p).map(|(_, c)| c);
             if !self.usable(ps) {
                 continue;
             }
-            match ps.coverage.get(&c) {
+            let free = self.cfg.peer_in_flight.saturating_sub(ps.in_flight);
+            match cover {
                 Some(cover) => {
                     stale |= cover.fresh_until <= self.now;
                     if !cover.ranges.is_empty() {
-                        view.holders.insert(p.clone(), &cover.ranges);
+                        blocked |= free == 0;
+                        view.holders.push(Holder {
+                            peer: p.clone(),
+                            ranges: &cover.ranges,
+                            busy: free == 0 || ps.busy_until.is_some(),
+                        });
                     }
                     if cover.has_base {
-                        view.base_holders.insert(p.clone());
+                        view.base_holders.push(p.clone());
                     }
                 }
                 None => stale = true,
             }
-            let free = self.cfg.peer_in_flight.saturating_sub(ps.in_flight);
-            if free == 0 && view.holders.contains_key(p) {
-                blocked = true;
-            }
-            if free == 0 || ps.busy_until.is_some() {
-                view.busy.insert(p.clone());
-            }
-            room.insert(p.clone(), free);
+            room.push((p.clone(), free));
         }
         // The WAN only once every peer's word on `c` is in and fresh.
         let may_use_dp = self.may_use_dp() && !pending && !stale;
@@ -471,8 +499,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         // is known without asking each holder.
         if cs.held_gen != self.peers_gen {
             let mut all = RangeSet::new();
-            for r in view.holders.values() {
-                all.extend(r);
+            for h in &view.holders {
+                all.extend(h.ranges);
             }
             let stamp = self.peers_gen;
             drop(view);
@@ -514,11 +542,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         };
         // Holders we may still send a request to; in the sparse case none
         // left means nothing more can be issued.
-        let mut open = view
-            .holders
-            .keys()
-            .filter(|p| !view.busy.contains(*p))
-            .count();
+        let mut open = view.holders.iter().filter(|h| !h.busy).count();
         for i in order {
             if cs.done[i] || cs.in_flight[i] {
                 continue;
@@ -532,8 +556,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                         b.2 == u.offset
                             && b.3 + u.len <= MAX_RANGE
                             && view
-                                .holders
-                                .get(p)
+                                .ranges_of(p)
                                 .is_some_and(|r| r.covers(u.offset, u.offset + u.len))
                     }
                     _ => false,
@@ -565,11 +588,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                     }
                 }
                 Some(Source::Peer(p)) => {
-                    let was = room.get(&p).copied().unwrap_or(0);
+                    let was = room_of(&room, &p);
                     let from = RunsFrom::Peer(p.clone());
                     blocked |=
                         !self.batch_peer(&mut lan, &mut room, lan_room, from, i, u.offset, u.len);
-                    if was > 0 && room.get(&p).copied().unwrap_or(0) == 0 {
+                    if was > 0 && room_of(&room, &p) == 0 {
                         open = open.saturating_sub(1);
                     }
                 }
@@ -658,6 +681,45 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         }
     }
 
+    /// The common case of a peer waiting on its subnet, decided without
+    /// looking at each peer: no DP, no seed runs to copy, and no unit both
+    /// waiting and held by some peer. Nothing can be issued; stale claims
+    /// are asked again if some unit has no holder. False: the full pass
+    /// decides.
+    fn waits_for_holders(&mut self, c: ContentId) -> bool {
+        let Some(cs) = self.contents.get(&c) else {
+            return true;
+        };
+        if self.may_use_dp() || cs.held_gen != self.peers_gen {
+            return false;
+        }
+        if cs.seeds_left > 0 && (cs.have_base || cs.covers.values().any(|x| x.has_base)) {
+            return false;
+        }
+        let mut hungry = false;
+        for i in cs.cursor..cs.units.len() {
+            let (Some(u), Some(false)) = (cs.units.get(i), cs.done.get(i).copied()) else {
+                continue;
+            };
+            if !cs.held.covers(u.offset, u.offset + u.len) {
+                hungry = true;
+            } else if cs.in_flight.get(i) == Some(&false) {
+                return false;
+            }
+        }
+        let now = self.now;
+        let stale =
+            cs.covers.len() < self.peers.len() || cs.covers.values().any(|x| x.fresh_until <= now);
+        if let Some(cs) = self.contents.get_mut(&c) {
+            cs.hungry = hungry;
+        }
+        self.starved.remove(&c);
+        if hungry && stale {
+            self.ask_coverage(c);
+        }
+        true
+    }
+
     /// Adds unit `i` (at `at` in what the peer is asked for) to a batch for
     /// `from`: the last one if it is the same peer and contiguous and small
     /// enough, else a new one if the caps allow; false if they do not.
@@ -665,7 +727,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     pub(super) fn batch_peer(
         &self,
         lan: &mut Vec<(RunsFrom<P>, Vec<usize>, u64, u64)>,
-        room: &mut BTreeMap<P, usize>,
+        room: &mut Room<P>,
         lan_room: usize,
         from: RunsFrom<P>,
         i: usize,
@@ -686,9 +748,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             RunsFrom::Peer(p) | RunsFrom::AltCopy(p) => p,
             RunsFrom::Dp { .. } => return false,
         };
-        let free = room.get(peer).copied().unwrap_or(0);
-        if lan.len() < lan_room && free > 0 {
-            room.insert(peer.clone(), free - 1);
+        let slot = room
+            .binary_search_by(|(q, _)| q.cmp(peer))
+            .ok()
+            .and_then(|k| room.get_mut(k))
+            .filter(|(_, free)| *free > 0);
+        if lan.len() < lan_room
+            && let Some((_, free)) = slot
+        {
+            *free -= 1;
             lan.push((from, vec![i], at + len, len));
             true
         } else {
@@ -704,7 +772,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             .peers
             .iter()
             .filter(|(_, p)| self.usable(p))
-            .filter(|(_, p)| p.coverage.get(&c).is_none_or(|x| x.fresh_until <= now))
+            .filter(|(k, _)| {
+                self.contents
+                    .get(&c)
+                    .and_then(|cs| cs.covers.get(*k))
+                    .is_none_or(|x| x.fresh_until <= now)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for peer in peers {
@@ -736,17 +809,49 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     }
 }
 
-impl ContentState {
-    /// Whether a unit not done overlaps `offset..offset + len`.
+impl<P> ContentState<P> {
+    /// The units not done that `claims` cover whole: all a peer's claim is
+    /// used for. Claims are kept clipped so, since a subnet's holdings are
+    /// mostly what every agent already has (the seed runs), the claims kept
+    /// per peer stay small.
+    pub(super) fn waiting_in(&self, claims: &RangeSet) -> RangeSet {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &(o, l) in claims.ranges() {
+            let end = o.saturating_add(l);
+            let first = self
+                .units
+                .partition_point(|u| u.offset < o)
+                .max(self.cursor);
+            let units = self.units.get(first..).unwrap_or_default();
+            let done = self.done.get(first..).unwrap_or_default();
+            for (u, d) in units.iter().zip(done) {
+                if u.offset.saturating_add(u.len) > end {
+                    break;
+                }
+                if *d {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(last) if last.0 + last.1 == u.offset => last.1 += u.len,
+                    _ => out.push((u.offset, u.len)),
+                }
+            }
+        }
+        RangeSet::from_ranges(&out)
+    }
+
+    /// Whether a unit neither done nor asked for overlaps
+    /// `offset..offset + len`.
     pub(super) fn waits_within(&self, offset: u64, len: u64) -> bool {
         let end = offset.saturating_add(len);
         let first = self.units.partition_point(|u| u.offset + u.len <= offset);
-        self.units
-            .get(first..)
-            .unwrap_or_default()
+        let units = self.units.get(first..).unwrap_or_default();
+        let done = self.done.get(first..).unwrap_or_default();
+        let asked = self.in_flight.get(first..).unwrap_or_default();
+        units
             .iter()
-            .zip(self.done.get(first..).unwrap_or_default())
+            .zip(done.iter().zip(asked))
             .take_while(|(u, _)| u.offset < end)
-            .any(|(_, d)| !d)
+            .any(|(_, (d, a))| !d && !a)
     }
 }
