@@ -121,6 +121,9 @@ pub struct Agent {
     pub rdc: Option<(Us, Us)>,
     /// What its master last announced holding (per mille).
     pub master_held: u16,
+    /// What it announced last (an announcement repeating it may wait for
+    /// the end of the beat; a change is heard at once).
+    pub announced: Option<(peerdelta_protocol::election::Rank, bool)>,
 }
 
 impl Agent {
@@ -167,6 +170,7 @@ impl Agent {
             stall_fallbacks: 0,
             rdc: None,
             master_held: 0,
+            announced: None,
         }
     }
 

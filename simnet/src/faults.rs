@@ -124,6 +124,7 @@ impl Sim<'_> {
         ag.alive = false;
         ag.epoch += 1;
         ag.silent = silent;
+        ag.announced = None;
         ag.transfer = None;
         ag.timer = None;
         if ag.asked_at.is_some() && ag.done_at.is_none() && ag.rogue.is_none() {
@@ -221,6 +222,7 @@ impl Sim<'_> {
         let now = crate::sim::ts(self.now);
         let ag = &mut self.agents[a as usize];
         ag.present = !ag.present;
+        ag.announced = None;
         if ag.present {
             self.connected(a);
         } else {
@@ -257,12 +259,25 @@ impl Sim<'_> {
         let (rank, claims) = rogue_rank(kind);
         let whole = matches!(kind, Misbehaviour::NotFound | Misbehaviour::Busy)
             .then(|| RangeSet::whole(self.content.size));
+        // Heard with the beat's other announcements, when in a beat and
+        // a repeat (a rogue's rank never changes, but it comes and goes).
+        let repeat =
+            self.agents[a as usize].announced.replace((rank, claims)) == Some((rank, claims));
+        let batched = match self.beat_announces.as_mut() {
+            Some(b) if repeat => {
+                b.push((a, rank, claims));
+                true
+            }
+            _ => false,
+        };
         for &o in members {
             let oa = &mut self.agents[o as usize];
             if o == a || !oa.honest_alive() {
                 continue;
             }
-            if let Some(e) = oa.election.as_mut() {
+            if let Some(e) = oa.election.as_mut()
+                && !batched
+            {
                 e.handle_heard(now, a, rank, claims);
             }
             if let (Some(t), Some(w)) = (oa.transfer.as_mut(), &whole) {

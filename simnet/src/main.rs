@@ -1,5 +1,8 @@
 //! `peerdelta-simnet run SCENARIO [--seed S] [--out DIR]`.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

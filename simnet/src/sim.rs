@@ -18,8 +18,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
-use peerdelta_protocol::election::{Action as Decision, Election, Timing};
+use peerdelta_protocol::election::{Action as Decision, Election, Rank, Timing};
 use peerdelta_protocol::swarm::{self, Unit};
 use peerdelta_protocol::time::Timestamp;
 use peerdelta_protocol::transfer::{
@@ -170,7 +171,9 @@ pub struct Sim<'a> {
     pub(crate) timing: Timing,
     tcfg: transfer::Config,
     /// The content's units without seeds: what an agent without the base builds.
-    whole_units: Vec<Unit>,
+    whole_units: Arc<[Unit]>,
+    /// The content's units, shared by every agent's transfer.
+    units: Arc<[Unit]>,
     pub(crate) rng: Rng,
     pub(crate) now: Us,
     seq: u64,
@@ -188,6 +191,10 @@ pub struct Sim<'a> {
     pub(crate) open: u64,
     slab: Vec<Option<Delivery>>,
     free: Vec<u32>,
+    /// During a heartbeat: the announcements that repeat the last one,
+    /// delivered once every member has spoken, receiver by receiver (each
+    /// agent's state is visited once a beat instead of once per announcer).
+    pub(crate) beat_announces: Option<Vec<(u32, Rank, bool)>>,
 }
 
 pub(crate) fn us(s: f64) -> Us {
@@ -230,6 +237,7 @@ impl<'a> Sim<'a> {
                     ..*u
                 })
                 .collect(),
+            units: content.units.as_slice().into(),
             rng: Rng::new(seed),
             now: 0,
             seq: 0,
@@ -251,6 +259,7 @@ impl<'a> Sim<'a> {
             open: 0,
             slab: Vec::new(),
             free: Vec::new(),
+            beat_announces: None,
         };
         for g in &sc.branches {
             for _ in 0..g.count {
@@ -468,6 +477,7 @@ impl<'a> Sim<'a> {
         let mut any_left = false;
         let n = members.len();
         let first = (self.branches[b as usize].beats as usize) % n.max(1);
+        self.beat_announces = Some(Vec::new());
         for k in 0..n {
             let a = members[(first + k) % n];
             let ag = &self.agents[a as usize];
@@ -503,6 +513,14 @@ impl<'a> Sim<'a> {
                 any_left = true;
             }
         }
+        let heard = self.beat_announces.take().unwrap_or_default();
+        if !heard.is_empty() {
+            for &o in &members {
+                if self.hear(o, &heard) {
+                    self.decisions(o);
+                }
+            }
+        }
         self.spread_news(&members, None);
         self.check_masters(b);
         if any_left || self.agents_pending(b) {
@@ -527,22 +545,19 @@ impl<'a> Sim<'a> {
             let now = ts(self.now);
             match d {
                 Decision::Announce { rank, claims } => {
+                    // A repeat changes nothing before the beat ends: heard
+                    // with the others. A change (a claim, a new rank) is
+                    // heard at once, before the next member decides.
+                    let repeat = self.agents[a as usize].announced.replace((rank, claims))
+                        == Some((rank, claims));
+                    if repeat && let Some(batch) = self.beat_announces.as_mut() {
+                        batch.push((a, rank, claims));
+                        continue;
+                    }
                     let b = self.agents[a as usize].branch as usize;
                     for k in 0..self.branches[b].members.len() {
                         let o = self.branches[b].members[k];
-                        if o == a || !self.agents[o as usize].alive {
-                            continue;
-                        }
-                        let oa = &mut self.agents[o as usize];
-                        if let Some(e) = oa.election.as_mut() {
-                            e.handle_heard(now, a, rank, claims);
-                            // Its master holds more: the subnet progresses.
-                            if e.master() == Some(&a) && rank.held_permille > oa.master_held {
-                                oa.master_held = rank.held_permille;
-                                if let Some(t) = oa.transfer.as_mut() {
-                                    t.handle_master_progress(now);
-                                }
-                            }
+                        if o != a && self.hear(o, &[(a, rank, claims)]) {
                             self.decisions(o);
                         }
                     }
@@ -563,6 +578,32 @@ impl<'a> Sim<'a> {
                 Decision::MasterChanged { .. } => self.agents[a as usize].master_held = 0,
             }
         }
+    }
+
+    /// Agent `o` hears these announcements; false if it takes no part.
+    fn hear(&mut self, o: u32, heard: &[(u32, Rank, bool)]) -> bool {
+        let now = ts(self.now);
+        let oa = &mut self.agents[o as usize];
+        if !oa.alive {
+            return false;
+        }
+        let Some(e) = oa.election.as_mut() else {
+            return false;
+        };
+        for &(a, rank, claims) in heard {
+            if a == o {
+                continue;
+            }
+            e.handle_heard(now, a, rank, claims);
+            // Its master holds more: the subnet progresses.
+            if e.master() == Some(&a) && rank.held_permille > oa.master_held {
+                oa.master_held = rank.held_permille;
+                if let Some(t) = oa.transfer.as_mut() {
+                    t.handle_master_progress(now);
+                }
+            }
+        }
+        true
     }
 
     /// Each agent's news of the beat (ranges verified since its last
@@ -1070,14 +1111,14 @@ impl<'a> Sim<'a> {
         ag.has_meta = true;
         let master = ag.election.as_ref().is_some_and(Election::is_master);
         let (units, have_base) = match ag.holding {
-            Holding::Base => (self.content.units.clone(), true),
+            Holding::Base => (Arc::clone(&self.units), true),
             Holding::Old if master => {
                 if let Some(t) = ag.transfer.as_mut() {
                     t.add_item_from(now, RDC, ItemFrom::DpOnly);
                 }
                 return;
             }
-            _ => (self.whole_units.clone(), false),
+            _ => (Arc::clone(&self.whole_units), false),
         };
         let cov = &ag.coverage;
         if let Some(t) = ag.transfer.as_mut() {
