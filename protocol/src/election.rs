@@ -141,9 +141,13 @@ pub const MAX_GRACES: u32 = 8;
 pub const HELD_STEP: u16 = 50;
 
 /// Orders candidates `(rank, id)`: greater is better; lower id wins ties.
+/// Free space counts by its power of two: agents whose caches share a disk
+/// see each other's as of the last announcement, and a few MiB written in
+/// between made each rank itself first (two masters at once).
 pub fn better<P: Ord>(a: (&Rank, &P), b: (&Rank, &P)) -> bool {
-    let ka = (a.0.strength(), a.0.free_mib);
-    let kb = (b.0.strength(), b.0.free_mib);
+    let room = |r: &Rank| u64::BITS - r.free_mib.leading_zeros();
+    let ka = (a.0.strength(), room(a.0));
+    let kb = (b.0.strength(), room(b.0));
     ka > kb || (ka == kb && a.1 < b.1)
 }
 
@@ -281,6 +285,9 @@ pub struct Election<P> {
     departures: BTreeMap<P, u32>,
     /// Since when no live peer (nor we) claims the role.
     unclaimed_since_ms: u64,
+    /// The best candidate we see that does not claim, and since when it is
+    /// (it is passed over once it has had the time to claim).
+    top: Option<(P, u64)>,
     withdrawn: bool,
     actions: VecDeque<Action<P>>,
 }
@@ -308,6 +315,7 @@ impl<P: Ord + Clone + Debug> Election<P> {
             banned: BTreeSet::new(),
             departures: BTreeMap::new(),
             unclaimed_since_ms: now_ms,
+            top: None,
             withdrawn: false,
             actions: VecDeque::new(),
         }
@@ -539,6 +547,15 @@ impl<P: Ord + Clone + Debug> Election<P> {
             Event::Tick => {}
         }
         let actions = self.decide();
+        // A role taken or left is announced at once, not at the next
+        // heartbeat: two agents that both see themselves best would
+        // otherwise both work as master for up to a heartbeat.
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::BecomeMaster | Action::StepDown))
+        {
+            self.next_beat_ms = self.now_ms;
+        }
         self.actions.extend(actions);
     }
 
@@ -590,23 +607,52 @@ impl<P: Ord + Clone + Debug> Election<P> {
                 })
                 .cloned()
         };
-        // Candidates: a peer that does not claim though it had the time to
-        // (the settle period and a grace since it appeared or since the
-        // role was last held) is passed over, so one that ranks best and
-        // never claims cannot leave the subnet without a master.
+        // Candidates: the best-ranked one that does not claim though it
+        // had the time to (the settle period and a grace since it appeared,
+        // since the role was last held, and since it became the best we
+        // see) is passed over, then the next best is looked at the same
+        // way; so one that ranks best and never claims cannot leave the
+        // subnet without a master. Only the best is timed: the others have
+        // no reason to claim, and passing them over too made every agent
+        // see itself first once a rogue was passed over (all claimed).
         let wait = self.timing.settle_ms + grace;
-        let everyone: Vec<(P, Rank)> = self
+        let mut everyone: Vec<(P, Rank, Option<u64>)> = self
             .live()
-            .filter(|(p, h)| {
-                h.claims
-                    || self
-                        .now_ms
-                        .saturating_sub(h.live_since_ms.max(self.unclaimed_since_ms))
-                        < wait.max(self.grace_of(p))
-            })
-            .map(|(p, h)| (p.clone(), h.rank))
-            .chain(std::iter::once((me.clone(), my_rank)))
-            .filter(|(_, r)| r.eligible())
+            .map(|(p, h)| (p.clone(), h.rank, (!h.claims).then_some(h.live_since_ms)))
+            .chain(std::iter::once((me.clone(), my_rank, None)))
+            .filter(|(_, r, _)| r.eligible())
+            .collect();
+        everyone.sort_by(|a, b| {
+            if better((&a.1, &a.0), (&b.1, &b.0)) {
+                std::cmp::Ordering::Less
+            } else if better((&b.1, &b.0), (&a.1, &a.0)) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        let mut top = None;
+        let mut passed = 0;
+        for (p, _, silent_since) in &everyone {
+            let Some(live_since) = silent_since else {
+                break;
+            };
+            let top_since = match &self.top {
+                Some((q, t)) if q == p => *t,
+                _ => self.now_ms,
+            };
+            let since = live_since.max(&self.unclaimed_since_ms).max(&top_since);
+            if self.now_ms.saturating_sub(*since) < wait.max(self.grace_of(p)) {
+                top = Some((p.clone(), top_since));
+                break;
+            }
+            passed += 1;
+        }
+        self.top = top;
+        let everyone: Vec<(P, Rank)> = everyone
+            .into_iter()
+            .skip(passed)
+            .map(|(p, r, _)| (p, r))
             .collect();
         let best = best_of(&everyone);
         let leader = best_of(&claimants);
@@ -974,6 +1020,24 @@ mod tests {
             net.step_at_now();
         }
         assert_eq!(net.masters(), vec![1]);
+    }
+
+    #[test]
+    fn passing_over_a_silent_best_never_makes_two_masters() {
+        // Four honest agents that all heard the rogue from the start: when
+        // it is passed over, only the best of them claims (passing over
+        // every non-claimer at once made each see itself first).
+        let mut net = Net::new(&[rank(0, 1), rank(0, 1), rank(0, 1), rank(0, 1)]);
+        for beat in 0..30 {
+            net.now += Timing::default().heartbeat_ms;
+            let now = Timestamp(net.now);
+            for n in net.nodes.iter_mut().flatten() {
+                n.handle_heard(now, 9, rank(1000, u32::MAX), false);
+            }
+            net.step_at_now();
+            assert!(net.masters().len() <= 1, "beat {beat}: {:?}", net.masters());
+        }
+        assert_eq!(net.masters(), vec![0]);
     }
 
     #[test]
