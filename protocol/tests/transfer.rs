@@ -520,3 +520,63 @@ fn a_command_gives_up_on_a_dp_that_stays_down_and_the_daemon_does_not() {
         }
     }
 }
+
+#[test]
+fn a_pack_frame_crosses_the_wan_once_when_a_peer_fails_its_units_one_by_one() {
+    // Four origin units of 3 MiB in one pack frame, all claimed by a peer
+    // that answers "not found" to each request in turn: the units go to
+    // the DP in one request, and the frame is never asked for twice.
+    let mib = 1u64 << 20;
+    let units: Vec<Unit> = (0..4)
+        .map(|i| Unit {
+            offset: i * 3 * mib,
+            len: 3 * mib,
+            seed_offset: None,
+        })
+        .collect();
+    let now = Timestamp(0);
+    let mut t = Transfer::new(Config::default(), true, now);
+    t.handle_peer(now, 7u32);
+    t.add_content(now, C, units, |_| false, false, true);
+    t.set_pack_frames(C, |_| Some(0));
+    t.handle_coverage(now, 7, C, RangeSet::whole(12 * mib), false);
+    let drain = |t: &mut Transfer<u32>| -> Vec<Action<u32>> {
+        std::iter::from_fn(|| t.poll_action()).collect()
+    };
+    let to_peer: Vec<RequestId> = drain(&mut t)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::FetchRuns {
+                id,
+                from: RunsFrom::Peer(7),
+                ..
+            } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert!(to_peer.len() >= 2, "{to_peer:?}");
+    let mut dp: Vec<(RequestId, Vec<usize>)> = Vec::new();
+    for id in to_peer {
+        t.handle_request_end(now, id, Outcome::NotFound);
+        for a in drain(&mut t) {
+            if let Action::FetchRuns {
+                id,
+                from: RunsFrom::Dp { pack: true },
+                units,
+                ..
+            } = a
+            {
+                dp.push((id, units));
+            }
+        }
+    }
+    assert_eq!(
+        dp.len(),
+        1,
+        "the frame was asked for more than once: {dp:?}"
+    );
+    // The frame brings every unit of it.
+    t.handle_units_done(now, C, &[0, 1, 2, 3]);
+    t.handle_request_end(now, dp[0].0, Outcome::Ok);
+    assert!(drain(&mut t).iter().any(|a| matches!(a, Action::Done)));
+}

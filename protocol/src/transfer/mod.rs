@@ -78,6 +78,9 @@ use crate::wire::MAX_RANGE;
 /// Peers one transfer tracks at most; more are ignored.
 pub const MAX_PEERS: usize = 512;
 
+/// A unit in no DP pack frame.
+const NO_FRAME: u32 = u32::MAX;
+
 /// A request the machine issued; it comes back in
 /// [`Transfer::handle_request_end`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -443,6 +446,11 @@ struct ContentState<P> {
     hungry: bool,
     /// DP bytes of a unit that failed verification once.
     dp_bad: Vec<bool>,
+    /// Per unit, the DP pack frame that holds it ([`NO_FRAME`]: none): a
+    /// frame brings all its units, so it is asked for once at a time.
+    frame: Vec<u32>,
+    /// Frames asked of the DP, not answered yet.
+    frames_out: BTreeSet<u32>,
     have_base: bool,
     pack: bool,
 }
@@ -607,6 +615,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 held_gen: u64::MAX,
                 hungry: true,
                 dp_bad: vec![false; n],
+                frame: vec![NO_FRAME; n],
+                frames_out: BTreeSet::new(),
                 have_base,
                 pack,
             },
@@ -615,6 +625,20 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         self.started = true;
         self.dirty.insert(content);
         self.unsettled = true;
+    }
+
+    /// Which DP pack frame holds each unit of `content` (a pack request
+    /// brings whole frames, and the driver reports every unit of the
+    /// frames it fetched): units of a frame already asked for wait for it,
+    /// and those of one frame go in one request. Without it, a frame whose
+    /// units were asked for in two requests (after a peer failed them one
+    /// by one) crossed the WAN twice.
+    pub fn set_pack_frames(&mut self, content: ContentId, frame_of: impl Fn(usize) -> Option<u32>) {
+        if let Some(cs) = self.contents.get_mut(&content) {
+            for (i, f) in cs.frame.iter_mut().enumerate() {
+                *f = frame_of(i).unwrap_or(NO_FRAME);
+            }
+        }
     }
 
     /// Our role changed. A new master asks every peer what it holds

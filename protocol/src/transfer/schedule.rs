@@ -115,11 +115,17 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             None => self.dp_in_flight = self.dp_in_flight.saturating_sub(1),
         }
         match &f.target {
-            Target::Runs(c, units, _) => {
+            Target::Runs(c, units, pack) => {
                 if let Some(cs) = self.contents.get_mut(c) {
                     for &u in units {
                         if let Some(x) = cs.in_flight.get_mut(u) {
                             *x = false;
+                        }
+                        if *pack
+                            && f.peer.is_none()
+                            && let Some(fr) = cs.frame.get(u)
+                        {
+                            cs.frames_out.remove(fr);
                         }
                     }
                 }
@@ -405,10 +411,16 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             None => self.dp_in_flight += 1,
         }
         match &target {
-            Target::Runs(c, units, _) => {
+            Target::Runs(c, units, pack) => {
                 if let Some(cs) = self.contents.get_mut(c) {
                     for &u in units {
                         cs.in_flight[u] = true;
+                        if *pack
+                            && peer.is_none()
+                            && let Some(&f) = cs.frame.get(u).filter(|f| **f != NO_FRAME)
+                        {
+                            cs.frames_out.insert(f);
+                        }
                     }
                 }
             }
@@ -493,7 +505,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         let mut local: Vec<usize> = Vec::new();
         // (from, units, next offset, bytes)
         let mut lan: Vec<(RunsFrom<P>, Vec<usize>, u64, u64)> = Vec::new();
-        let mut dp: Vec<(bool, Vec<usize>, u64)> = Vec::new();
+        // (pack, units, bytes, its frames)
+        let mut dp: Vec<(bool, Vec<usize>, u64, Vec<u32>)> = Vec::new();
         let mut hungry = false;
         // What some holder has: a unit outside it has no peer source, which
         // is known without asking each holder.
@@ -604,16 +617,23 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 Some(Source::Dp) => {
                     // Packs hold origin runs only.
                     let pack = cs.pack && !cs.raw_only[i] && u.seed_offset.is_none();
+                    let frame = cs.frame.get(i).copied().filter(|f| pack && *f != NO_FRAME);
+                    // Its frame is on its way: it comes with it.
+                    if frame.is_some_and(|f| cs.frames_out.contains(&f)) {
+                        continue;
+                    }
+                    // Its frame is in a request of this pass: that one.
+                    let with_frame = frame.and_then(|f| dp.iter().position(|b| b.3.contains(&f)));
                     let fits = dp
                         .last()
                         .is_some_and(|b| b.0 == pack && b.2 + u.len <= self.cfg.dp_request_bytes);
-                    if fits {
-                        if let Some(b) = dp.last_mut() {
-                            b.1.push(i);
-                            b.2 += u.len;
-                        }
+                    let at = with_frame.or(fits.then(|| dp.len().saturating_sub(1)));
+                    if let Some(b) = at.and_then(|k| dp.get_mut(k)) {
+                        b.1.push(i);
+                        b.2 += u.len;
+                        b.3.extend(frame.filter(|f| !b.3.contains(f)));
                     } else if dp.len() < dp_room {
-                        dp.push((pack, vec![i], u.len));
+                        dp.push((pack, vec![i], u.len, frame.into_iter().collect()));
                     } else {
                         blocked = true;
                     }
@@ -665,7 +685,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 deadline: Some(deadline),
             });
         }
-        for (pack, units, _) in dp {
+        for (pack, units, _, _) in dp {
             let id = self.id();
             self.issue(id, None, Target::Runs(c, units.clone(), pack), None);
             self.actions.push_back(Action::FetchRuns {

@@ -544,6 +544,25 @@ impl Job {
             have_base,
             pack,
         );
+        // Which pack frame holds each origin run: a frame is fetched whole.
+        if let Some(pk) = p.nf.as_ref().and_then(|nf| nf.pack.as_ref()) {
+            let origin: Vec<usize> = p
+                .runs
+                .iter()
+                .filter(|r| r.run.source == RunSource::Origin)
+                .map(|r| r.index)
+                .collect();
+            let mut frame_of = vec![None; p.runs.len()];
+            for (k, f) in pk.frames.iter().enumerate() {
+                for o in f.first..f.first.saturating_add(f.count) {
+                    if let Some(slot) = origin.get(o as usize).and_then(|&u| frame_of.get_mut(u)) {
+                        *slot = u32::try_from(k).ok();
+                    }
+                }
+            }
+            self.transfer
+                .set_pack_frames(c, |i| frame_of.get(i).copied().flatten());
+        }
         self.maybe_verify(c);
     }
 
