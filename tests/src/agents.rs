@@ -99,6 +99,24 @@ pub fn start_agents_with(
     agent_extra: &str,
     fault: impl Fn(usize) -> Option<&'static str>,
 ) -> Subnet {
+    start_subnet(s, url, caches, extra, agent_extra, fault, &[])
+}
+
+/// As [`start_agents`], each agent also listing the peers at `also`
+/// (multiaddrs; a rogue peer, say).
+pub fn start_agents_also(s: &Series, url: &str, caches: &[PathBuf], also: &[String]) -> Subnet {
+    start_subnet(s, url, caches, "", "", |_| None, also)
+}
+
+fn start_subnet(
+    s: &Series,
+    url: &str,
+    caches: &[PathBuf],
+    extra: &str,
+    agent_extra: &str,
+    fault: impl Fn(usize) -> Option<&'static str>,
+    also: &[String],
+) -> Subnet {
     let ports: Vec<u16> = caches.iter().map(|_| free_port()).collect();
     let mut agents = Vec::new();
     for (i, cache) in caches.iter().enumerate() {
@@ -108,6 +126,7 @@ pub fn start_agents_with(
             .enumerate()
             .filter(|(j, _)| *j != i)
             .map(|(_, p)| format!("\"/ip4/127.0.0.1/tcp/{p}\""))
+            .chain(also.iter().map(|a| format!("{a:?}")))
             .collect();
         let net = format!(
             "listen = [\"/ip4/127.0.0.1/tcp/{port}\"]\npeers = [{peers}]\nmdns = false\n{agent_extra}",
@@ -154,7 +173,10 @@ pub fn spawn_agent(
     )
     .unwrap();
     let mut cmd = peerdelta(["agent", "run", "--config"]);
-    cmd.arg(&cfg).env("RUST_LOG", "info,libp2p=warn");
+    cmd.arg(&cfg).env(
+        "RUST_LOG",
+        std::env::var("AGENT_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+    );
     if let Some(f) = fault {
         cmd.env("PEERDELTA_FAULT", f);
     }

@@ -167,6 +167,16 @@ impl DpServer {
         DpServer { process, addr: url }
     }
 
+    /// Serves the library at `lib` on `addr` (`127.0.0.1:PORT`): a DP
+    /// restarted where its clients knew it.
+    pub fn start_at(lib: &Path, addr: &str) -> DpServer {
+        let (process, url) = start_until(
+            peerdelta(["dp", "serve", "--listen", addr, "--library"]).arg(lib),
+            "listening on http://",
+        );
+        DpServer { process, addr: url }
+    }
+
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

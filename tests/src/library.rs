@@ -55,6 +55,27 @@ pub fn published_series() -> Series {
     Series { dir, lib, trees }
 }
 
+/// Publishes package `big`: v1 a 24 MiB random file, v2 with 80 random
+/// regions of 100 kB replaced (about 8 MB of origin bytes, incompressible,
+/// in runs of about 100 kB: a transfer can be interrupted mid-way).
+pub fn publish_big(s: &Series) {
+    let mut data = crate::random_bytes(100, 24 << 20);
+    for v in 1..=2u64 {
+        if v == 2 {
+            for k in 0..80usize {
+                let at = k * (300 << 10);
+                let fresh = crate::random_bytes(200 + k as u64, 100_000);
+                data[at..at + fresh.len()].copy_from_slice(&fresh);
+            }
+        }
+        let src = s.dir.path().join(format!("big-src{v}"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("image.bin"), &data).unwrap();
+        let out = publish(&s.lib, "big", &src);
+        assert_eq!(out["version"], v);
+    }
+}
+
 /// The library's public key.
 pub fn library_key(lib: &Path) -> VerifyingKey {
     parse_public_key(&fs::read_to_string(lib.join("dp.pub")).unwrap()).unwrap()

@@ -2,16 +2,15 @@
 //! loopback with explicit peer lists, a real `peerdelta dp serve`, bytes
 //! counted by the DP.
 
-use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use peerdelta_tests::agents::*;
-use peerdelta_tests::library::{Series, key_file, metric, publish, published_series};
+use peerdelta_tests::library::{Series, key_file, metric, publish_big, published_series};
 use peerdelta_tests::netns;
 
-use peerdelta_tests::{DpServer, cannot_run, peerdelta, random_bytes, run_ok};
+use peerdelta_tests::{DpServer, cannot_run, peerdelta, run_ok};
 
 const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
 
@@ -35,27 +34,6 @@ fn single_run_pkg(s: &Series, dp: &DpServer, package: &str) -> u64 {
     let p0 = metric(&dp.addr, PAYLOAD);
     get_alone_pkg(s, &dp.url(), &cache, package, 2);
     metric(&dp.addr, PAYLOAD) - p0
-}
-
-/// Publishes package `big`: v1 a 24 MiB random file, v2 with 80 random
-/// regions of 100 kB replaced (about 8 MB of origin bytes, incompressible,
-/// in runs of about 100 kB: a killed master loses the run it was receiving).
-fn publish_big(s: &Series) {
-    let mut data = random_bytes(100, 24 << 20);
-    for v in 1..=2u64 {
-        if v == 2 {
-            for k in 0..80usize {
-                let at = k * (300 << 10);
-                let fresh = random_bytes(200 + k as u64, 100_000);
-                data[at..at + fresh.len()].copy_from_slice(&fresh);
-            }
-        }
-        let src = s.dir.path().join(format!("big-src{v}"));
-        fs::create_dir_all(&src).unwrap();
-        fs::write(src.join("image.bin"), &data).unwrap();
-        let out = publish(&s.lib, "big", &src);
-        assert_eq!(out["version"], v);
-    }
 }
 
 fn verify_cache(s: &Series, a: &Agent) {
