@@ -622,38 +622,30 @@ impl<P: Ord + Clone + Debug> Election<P> {
             .chain(std::iter::once((me.clone(), my_rank, None)))
             .filter(|(_, r, _)| r.eligible())
             .collect();
-        everyone.sort_by(|a, b| {
-            if better((&a.1, &a.0), (&b.1, &b.0)) {
-                std::cmp::Ordering::Less
-            } else if better((&b.1, &b.0), (&a.1, &a.0)) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        });
         let mut top = None;
-        let mut passed = 0;
-        for (p, _, silent_since) in &everyone {
-            let Some(live_since) = silent_since else {
+        let best_index = |v: &[(P, Rank, Option<u64>)]| {
+            (0..v.len()).reduce(|a, b| match (v.get(a), v.get(b)) {
+                (Some(x), Some(y)) if better((&y.1, &y.0), (&x.1, &x.0)) => b,
+                _ => a,
+            })
+        };
+        while let Some(k) = best_index(&everyone) {
+            let Some((p, _, Some(live_since))) = everyone.get(k) else {
                 break;
             };
             let top_since = match &self.top {
                 Some((q, t)) if q == p => *t,
                 _ => self.now_ms,
             };
-            let since = live_since.max(&self.unclaimed_since_ms).max(&top_since);
-            if self.now_ms.saturating_sub(*since) < wait.max(self.grace_of(p)) {
+            let since = (*live_since).max(self.unclaimed_since_ms).max(top_since);
+            if self.now_ms.saturating_sub(since) < wait.max(self.grace_of(p)) {
                 top = Some((p.clone(), top_since));
                 break;
             }
-            passed += 1;
+            everyone.swap_remove(k);
         }
         self.top = top;
-        let everyone: Vec<(P, Rank)> = everyone
-            .into_iter()
-            .skip(passed)
-            .map(|(p, r, _)| (p, r))
-            .collect();
+        let everyone: Vec<(P, Rank)> = everyone.into_iter().map(|(p, r, _)| (p, r)).collect();
         let best = best_of(&everyone);
         let leader = best_of(&claimants);
         let periodic_due =

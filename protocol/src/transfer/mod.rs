@@ -515,6 +515,9 @@ pub struct Transfer<P> {
     /// Events came in since the last decisions: the next
     /// [`Transfer::poll_action`] decides (once for a burst of events).
     unsettled: bool,
+    /// Items not done, and units not done over all contents.
+    items_left: usize,
+    units_left: usize,
     /// When some peer's busy or set-aside state next changes (none: no
     /// peer has such a timer); [`Transfer::tick`] looks at peers only then.
     peers_due: Option<Timestamp>,
@@ -555,6 +558,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             news_due: false,
             peers_gen: 0,
             unsettled: false,
+            items_left: 0,
+            units_left: 0,
             peers_due: None,
         }
     }
@@ -567,12 +572,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     /// Adds an item to fetch from where `from` says.
     pub fn add_item_from(&mut self, now: Timestamp, item: ItemId, from: ItemFrom) {
         self.tick(now);
-        self.items.entry(item).or_insert(ItemState {
-            done: false,
-            in_flight: 0,
-            dp_in_flight: false,
-            from,
-        });
+        if let std::collections::btree_map::Entry::Vacant(v) = self.items.entry(item) {
+            v.insert(ItemState {
+                done: false,
+                in_flight: 0,
+                dp_in_flight: false,
+                from,
+            });
+            self.items_left += 1;
+        }
         self.finished = false;
         self.started = true;
         self.unsettled = true;
@@ -600,6 +608,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             .zip(&done)
             .filter(|(u, d)| u.seed_offset.is_some() && !**d)
             .count();
+        self.units_left += left;
+        if let Some(old) = self.contents.get(&content) {
+            self.units_left -= old.left;
+        }
         self.contents.insert(
             content,
             ContentState {
@@ -796,6 +808,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                 {
                     *d = true;
                     c.left -= 1;
+                    self.units_left -= 1;
                     if c.units[i].seed_offset.is_some() {
                         c.seeds_left -= 1;
                     }
@@ -859,6 +872,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             && !i.done
         {
             i.done = true;
+            self.items_left -= 1;
             self.progress();
             for p in self.peers.values_mut() {
                 p.lacks.remove(&item);
@@ -1084,7 +1098,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             .filter(|t| *t > self.now);
         let busy = self.peers_due;
         // Items a peer lacked are asked again (lacks of done items are gone).
-        let asks_again = !self.may_use_dp() && self.items.values().any(|i| !i.done);
+        let asks_again = !self.may_use_dp() && self.items_left > 0;
         let lacks = self
             .peers
             .values()

@@ -21,7 +21,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     }
 
     pub(super) fn has_work(&self) -> bool {
-        self.items.values().any(|i| !i.done) || self.contents.values().any(|c| c.left > 0)
+        debug_assert_eq!(
+            self.items_left,
+            self.items.values().filter(|i| !i.done).count()
+        );
+        debug_assert_eq!(
+            self.units_left,
+            self.contents.values().map(|c| c.left).sum::<usize>()
+        );
+        self.items_left > 0 || self.units_left > 0
     }
 
     pub(super) fn tick(&mut self, now: Timestamp) {
@@ -307,6 +315,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
     }
 
     pub(super) fn schedule_items(&mut self) {
+        if self.items_left == 0 {
+            return;
+        }
         let items: Vec<ItemId> = self
             .items
             .iter()
@@ -374,8 +385,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             if from == ItemFrom::PeersOnly {
                 if asked == 0 && !peers_left {
                     // Nobody has it: the driver goes on without it.
-                    if let Some(i) = self.items.get_mut(&item) {
+                    if let Some(i) = self.items.get_mut(&item)
+                        && !i.done
+                    {
                         i.done = true;
+                        self.items_left -= 1;
                     }
                     self.actions.push_back(Action::ItemUnavailable { item });
                 }
