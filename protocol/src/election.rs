@@ -256,6 +256,10 @@ pub enum Action<P> {
         /// The live candidates and their ranks, best first.
         candidates: Vec<(P, Rank)>,
     },
+    /// The master announced holding more of the target than before: the
+    /// subnet progresses (a waiting peer's stall clock restarts, see
+    /// `transfer::Transfer::handle_master_progress`).
+    MasterProgress,
 }
 
 /// The election for one package version, seen from one candidate.
@@ -492,6 +496,13 @@ impl<P: Ord + Clone + Debug> Election<P> {
                         let old = old.map(|h| h.clone());
                         if old.as_ref().is_some_and(|h| h.at_ms < cutoff) {
                             self.departed(&from);
+                        }
+                        if self.master.as_ref() == Some(&from)
+                            && old
+                                .as_ref()
+                                .is_some_and(|h| rank.held_permille > h.rank.held_permille)
+                        {
+                            self.actions.push_back(Action::MasterProgress);
                         }
                         let live_since_ms = match &old {
                             Some(h) if h.at_ms >= cutoff => h.live_since_ms,
@@ -1012,6 +1023,33 @@ mod tests {
             net.step_at_now();
         }
         assert_eq!(net.masters(), vec![1]);
+    }
+
+    #[test]
+    fn the_masters_progress_is_told_once_per_increase() {
+        let t = Timing::default();
+        let mut e = Election::new(1u32, rank(0, 1), t, Timestamp(0));
+        let mut now = 0;
+        while e.master() != Some(&0) {
+            now += t.heartbeat_ms;
+            assert!(now < 20 * t.heartbeat_ms, "node 0 never became master");
+            e.handle_heard(Timestamp(now), 0, rank(0, 5), true);
+            e.handle_timeout(Timestamp(now));
+        }
+        while e.poll_action().is_some() {}
+        let progress = |e: &mut Election<u32>| {
+            std::iter::from_fn(|| e.poll_action())
+                .filter(|a| matches!(a, Action::MasterProgress))
+                .count()
+        };
+        e.handle_heard(Timestamp(now + 1), 0, rank(100, 5), true);
+        assert_eq!(progress(&mut e), 1);
+        e.handle_heard(Timestamp(now + 2), 0, rank(100, 5), true);
+        assert_eq!(progress(&mut e), 0, "a repeat is no progress");
+        // Another peer's progress is not the master's.
+        e.handle_heard(Timestamp(now + 3), 2, rank(0, 1), false);
+        e.handle_heard(Timestamp(now + 4), 2, rank(300, 1), false);
+        assert_eq!(progress(&mut e), 0);
     }
 
     #[test]

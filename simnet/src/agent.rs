@@ -119,8 +119,6 @@ pub struct Agent {
     /// Client-side RDC under way: when its download started and ends (its
     /// rank shows the progress, as the daemon's does).
     pub rdc: Option<(Us, Us)>,
-    /// What its master last announced holding (per mille).
-    pub master_held: u16,
     /// What it announced last (an announcement repeating it may wait for
     /// the end of the beat; a change is heard at once).
     pub announced: Option<(peerdelta_protocol::election::Rank, bool)>,
@@ -169,7 +167,6 @@ impl Agent {
             dp_pending: Vec::new(),
             stall_fallbacks: 0,
             rdc: None,
-            master_held: 0,
             announced: None,
         }
     }

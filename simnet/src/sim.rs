@@ -575,7 +575,12 @@ impl<'a> Sim<'a> {
                     }
                     self.drive(a);
                 }
-                Decision::MasterChanged { .. } => self.agents[a as usize].master_held = 0,
+                Decision::MasterChanged { .. } => {}
+                Decision::MasterProgress => {
+                    if let Some(t) = self.agents[a as usize].transfer.as_mut() {
+                        t.handle_master_progress(now);
+                    }
+                }
             }
         }
     }
@@ -595,13 +600,6 @@ impl<'a> Sim<'a> {
                 continue;
             }
             e.handle_heard(now, a, rank, claims);
-            // Its master holds more: the subnet progresses.
-            if e.master() == Some(&a) && rank.held_permille > oa.master_held {
-                oa.master_held = rank.held_permille;
-                if let Some(t) = oa.transfer.as_mut() {
-                    t.handle_master_progress(now);
-                }
-            }
         }
         true
     }

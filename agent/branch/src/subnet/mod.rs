@@ -267,8 +267,6 @@ struct Slot {
     /// The signed manifest, for peers asking (a holder's, from the cache).
     signed: Option<Vec<u8>>,
     manifest: Option<peerdelta_protocol::manifest::Manifest>,
-    /// The master's last announced share of the target held (‰).
-    master_permille: u16,
 }
 
 struct PeerInfo {
@@ -529,7 +527,6 @@ impl EventLoop {
             interest: Instant::now(),
             signed,
             manifest,
-            master_permille: 0,
         }
     }
 
@@ -670,6 +667,13 @@ impl EventLoop {
                 tracing::info!(package = %k.0, version = k.1, "this agent steps down as master");
                 if let Some(j) = s.job.as_mut() {
                     j.handle_role(now(), false);
+                }
+            }
+            // The master's progress restarts our stall clock (a master
+            // rebuilding by client-side RDC shows nothing else).
+            Action::MasterProgress => {
+                if let Some(j) = s.job.as_mut() {
+                    j.handle_master_progress(now());
                 }
             }
             Action::MasterChanged {
@@ -1010,16 +1014,6 @@ impl EventLoop {
                 && !s.banned.contains_key(&peer)
             {
                 s.interest = Instant::now();
-                // The master's progress restarts our stall clock (a master
-                // rebuilding by client-side RDC shows nothing else).
-                if s.election.master() == Some(&peer) {
-                    if c.rank.held_permille > s.master_permille
-                        && let Some(j) = s.job.as_mut()
-                    {
-                        j.handle_master_progress(t);
-                    }
-                    s.master_permille = c.rank.held_permille;
-                }
                 s.election.handle_heard(t, peer, c.rank, c.claims);
             }
         }
