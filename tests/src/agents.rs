@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::library::{Series, key_file};
+use crate::library::{Series, key_file, metric};
 use crate::nginx::free_port;
-use crate::{netns, peerdelta, run_ok};
+use crate::{DpServer, netns, peerdelta, run_ok};
 
 /// A running agent daemon, killed when dropped.
 pub struct Agent {
@@ -290,4 +290,38 @@ pub fn wait_all(handles: Pending, agents: &[&Agent]) -> Vec<serde_json::Value> {
             serde_json::from_str(&out).unwrap()
         })
         .collect()
+}
+
+/// The DP's counter of payload bytes sent.
+pub const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
+
+/// DP payload bytes of one agent alone getting v2 of `package` holding v1:
+/// what a subnet is measured against.
+pub fn single_run_pkg(s: &Series, dp: &DpServer, package: &str) -> u64 {
+    let cache = s.dir.path().join(format!("single-{package}"));
+    get_alone_pkg(s, &dp.url(), &cache, package, 1);
+    let p0 = metric(&dp.addr, PAYLOAD);
+    get_alone_pkg(s, &dp.url(), &cache, package, 2);
+    metric(&dp.addr, PAYLOAD) - p0
+}
+
+/// The agent's cache lists v2 and verifies.
+pub fn verify_cache(s: &Series, a: &Agent) {
+    let out = run_ok(
+        peerdelta(["cache", "list", "--json", "--cache"])
+            .arg(&a.cache)
+            .arg("--dp-key")
+            .arg(key_file(&s.lib)),
+    );
+    assert!(
+        out.contains("\"version\": 2") || out.contains("\"version\":2"),
+        "{}: {out}",
+        a.name
+    );
+    run_ok(
+        peerdelta(["cache", "verify", "--cache"])
+            .arg(&a.cache)
+            .arg("--dp-key")
+            .arg(key_file(&s.lib)),
+    );
 }

@@ -14,8 +14,6 @@ use peerdelta_tests::agents::*;
 use peerdelta_tests::library::{key_file, metric, publish_big, published_series};
 use peerdelta_tests::{peerdelta, run_ok};
 
-const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
-
 fn outage() -> Duration {
     let s = std::env::var("PEERDELTA_TEST_DP_OUTAGE_S")
         .ok()
@@ -29,13 +27,7 @@ fn a_dp_down_for_minutes_mid_transfer_costs_nothing_twice() {
     let s = published_series();
     publish_big(&s);
     let mut dp = DpServer::start(&s.lib);
-    let single = {
-        let cache = s.dir.path().join("single");
-        get_alone_pkg(&s, &dp.url(), &cache, "big", 1);
-        let p0 = metric(&dp.addr, PAYLOAD);
-        get_alone_pkg(&s, &dp.url(), &cache, "big", 2);
-        metric(&dp.addr, PAYLOAD) - p0
-    };
+    let single = single_run_pkg(&s, &dp, "big");
     let caches: Vec<PathBuf> = (0..3).map(|i| s.dir.path().join(format!("o{i}"))).collect();
     for c in &caches {
         get_alone_pkg(&s, &dp.url(), c, "big", 1);

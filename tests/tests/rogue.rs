@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 
 use peerdelta_tests::DpServer;
 use peerdelta_tests::agents::*;
-use peerdelta_tests::library::{Series, key_file, metric, published_series};
+use peerdelta_tests::library::{Series, metric, published_series};
 use peerdelta_tests::nginx::free_port;
-use peerdelta_tests::{peerdelta, run_ok};
-
-const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
 
 /// The daemons of a run compete for two cores: one run at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -45,22 +42,6 @@ fn spawn_rogue(mode: &str, port: u16, log: &std::path::Path) -> Rogue {
         .spawn()
         .unwrap();
     Rogue(child)
-}
-
-fn verify_cache(s: &Series, a: &Agent) {
-    let out = run_ok(
-        peerdelta(["cache", "list", "--json", "--cache"])
-            .arg(&a.cache)
-            .arg("--dp-key")
-            .arg(key_file(&s.lib)),
-    );
-    assert!(out.contains("\"version\": 2"), "{}: {out}", a.name);
-    run_ok(
-        peerdelta(["cache", "verify", "--cache"])
-            .arg(&a.cache)
-            .arg("--dp-key")
-            .arg(key_file(&s.lib)),
-    );
 }
 
 /// What a run cost: DP payload bytes, time for every honest agent to hold
@@ -125,13 +106,7 @@ fn every_honest_agent_completes_against_each_rogue() {
     let _one_at_a_time = serial();
     let s = published_series();
     let dp = DpServer::start(&s.lib);
-    let single = {
-        let cache = s.dir.path().join("single");
-        get_alone(&s, &dp.url(), &cache, 1);
-        let p0 = metric(&dp.addr, PAYLOAD);
-        get_alone(&s, &dp.url(), &cache, 2);
-        metric(&dp.addr, PAYLOAD) - p0
-    };
+    let single = single_run_pkg(&s, &dp, "app");
     let honest = run(&s, &dp, "honest", None);
     eprintln!(
         "one agent alone: {single} B from the DP; three honest agents: {} B ({:.3}x), {:.1} s",

@@ -7,12 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use peerdelta_tests::agents::*;
-use peerdelta_tests::library::{Series, key_file, metric, publish_big, published_series};
+use peerdelta_tests::library::{Series, metric, publish_big, published_series};
 use peerdelta_tests::netns;
 
 use peerdelta_tests::{DpServer, cannot_run, peerdelta, run_ok};
-
-const PAYLOAD: &str = "peerdelta_dp_payload_bytes_total";
 
 /// These tests start several daemons each and measure elections, timings
 /// and WAN bytes: run in parallel on a small machine they starve each
@@ -26,34 +24,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// DP payload bytes of one agent alone getting v2 holding v1.
 fn single_run(s: &Series, dp: &DpServer) -> u64 {
     single_run_pkg(s, dp, "app")
-}
-
-fn single_run_pkg(s: &Series, dp: &DpServer, package: &str) -> u64 {
-    let cache = s.dir.path().join(format!("single-{package}"));
-    get_alone_pkg(s, &dp.url(), &cache, package, 1);
-    let p0 = metric(&dp.addr, PAYLOAD);
-    get_alone_pkg(s, &dp.url(), &cache, package, 2);
-    metric(&dp.addr, PAYLOAD) - p0
-}
-
-fn verify_cache(s: &Series, a: &Agent) {
-    let out = run_ok(
-        peerdelta(["cache", "list", "--json", "--cache"])
-            .arg(&a.cache)
-            .arg("--dp-key")
-            .arg(key_file(&s.lib)),
-    );
-    assert!(
-        out.contains("\"version\": 2") || out.contains("\"version\":2"),
-        "{}: {out}",
-        a.name
-    );
-    run_ok(
-        peerdelta(["cache", "verify", "--cache"])
-            .arg(&a.cache)
-            .arg("--dp-key")
-            .arg(key_file(&s.lib)),
-    );
 }
 
 fn masters(results: &[serde_json::Value]) -> usize {
