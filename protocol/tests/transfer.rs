@@ -10,7 +10,7 @@ use peerdelta_protocol::rangeset::RangeSet;
 use peerdelta_protocol::swarm::Unit;
 use peerdelta_protocol::time::Timestamp;
 use peerdelta_protocol::transfer::{
-    Action, BanReason, Config, ContentId, ItemId, Outcome, RequestId, RunsFrom, Transfer,
+    Action, BanReason, Config, ContentId, ItemId, Outcome, Rebuild, RequestId, RunsFrom, Transfer,
 };
 use proptest::prelude::*;
 
@@ -223,6 +223,9 @@ impl World {
                 }
                 Action::Stalled { .. } | Action::Done | Action::ItemUnavailable { .. } => {}
                 Action::Failed { reason } => panic!("agent {a} failed: {reason}"),
+                Action::Rebuild { content } => {
+                    panic!("agent {a}: nothing is lost here, yet {content:?} is rebuilt")
+                }
             }
         }
     }
@@ -579,4 +582,95 @@ fn a_pack_frame_crosses_the_wan_once_when_a_peer_fails_its_units_one_by_one() {
     t.handle_units_done(now, C, &[0, 1, 2, 3]);
     t.handle_request_end(now, dp[0].0, Outcome::Ok);
     assert!(drain(&mut t).iter().any(|a| matches!(a, Action::Done)));
+}
+
+/// Master alone with one DP-fetched content of one unit; returns the
+/// actions of one drain, answering DP fetches as delivered.
+fn drain_alone(t: &mut Transfer<u32>, now: Timestamp) -> Vec<Action<u32>> {
+    let mut seen = Vec::new();
+    while let Some(a) = t.poll_action() {
+        if let Action::FetchRuns {
+            id, content, units, ..
+        } = &a
+        {
+            t.handle_units_done(now, *content, units);
+            t.handle_request_end(now, *id, Outcome::Ok);
+        }
+        seen.push(a);
+    }
+    seen
+}
+
+#[test]
+fn a_content_is_rebuilt_within_its_budget_then_the_transfer_fails() {
+    let unit = Unit {
+        offset: 0,
+        len: 1000,
+        seed_offset: None,
+    };
+    let now = Timestamp(0);
+    // Lost from the store after it was verified: rebuilt twice, then a failure.
+    let mut t: Transfer<u32> = Transfer::new(Config::default(), true, now);
+    t.add_content(now, C, vec![unit], |_| false, false, false);
+    assert!(drain_alone(&mut t, now).contains(&Action::Done));
+    for _ in 0..2 {
+        t.handle_content_failed(now, C, Rebuild::Lost);
+        let seen = drain_alone(&mut t, now);
+        assert_eq!(
+            seen,
+            vec![Action::Rebuild { content: C }],
+            "not done while replanned"
+        );
+        assert!(!t.is_done());
+        t.add_content(now, C, vec![unit], |_| false, false, false);
+        assert!(drain_alone(&mut t, now).contains(&Action::Done));
+    }
+    t.handle_content_failed(now, C, Rebuild::Lost);
+    assert!(matches!(
+        drain_alone(&mut t, now).as_slice(),
+        [Action::Failed { .. }]
+    ));
+
+    // Whole content failed verification: rebuilt once; a second failure fails.
+    let mut t: Transfer<u32> = Transfer::new(Config::default(), true, now);
+    t.add_content(now, C, vec![unit], |_| false, false, false);
+    drain_alone(&mut t, now);
+    t.handle_content_failed(now, C, Rebuild::Unverified("hash".into()));
+    assert_eq!(
+        drain_alone(&mut t, now),
+        vec![Action::Rebuild { content: C }]
+    );
+    t.add_content(now, C, vec![unit], |_| false, false, false);
+    drain_alone(&mut t, now);
+    t.handle_content_failed(now, C, Rebuild::Unverified("hash".into()));
+    assert!(matches!(
+        drain_alone(&mut t, now).as_slice(),
+        [Action::Failed { .. }]
+    ));
+    assert!(t.is_failed());
+}
+
+#[test]
+fn only_a_master_fetching_a_pack_copies_a_missing_base_and_only_from_peers() {
+    let now = Timestamp(0);
+    let base = ItemId(1);
+    // A non-master, or a master without a pack: build without it.
+    let mut t: Transfer<u32> = Transfer::new(Config::default(), false, now);
+    assert!(!t.want_base_copy(now, base, true));
+    let mut t: Transfer<u32> = Transfer::new(Config::default(), true, now);
+    assert!(!t.want_base_copy(now, base, false));
+    // A master with a pack: asks the peer, never the DP.
+    t.handle_peer(now, 9);
+    assert!(t.want_base_copy(now, base, true));
+    let id = match t.poll_action() {
+        Some(Action::ItemFromPeer { id, item, peer, .. }) if item == base && peer == 9 => id,
+        other => panic!("expected the base asked of peer 9, got {other:?}"),
+    };
+    t.handle_request_end(now, id, Outcome::NotFound);
+    let rest: Vec<_> = std::iter::from_fn(|| t.poll_action()).collect();
+    assert!(
+        rest.contains(&Action::ItemUnavailable { item: base }),
+        "no peer has it: the content goes on without it, got {rest:?}"
+    );
+    assert!(!rest.iter().any(|a| matches!(a, Action::ItemFromDp { .. })));
 }

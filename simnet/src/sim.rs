@@ -938,6 +938,11 @@ impl<'a> Sim<'a> {
                 }
                 self.decisions(a);
             }
+            // simnet's store neither loses nor corrupts what it verified.
+            Action::Rebuild { content } => self
+                .trace
+                .violations
+                .push(format!("agent {a}: asked to rebuild content {content:?}")),
             Action::Done => self.complete(a),
             Action::Failed { reason } => {
                 self.trace

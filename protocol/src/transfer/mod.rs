@@ -250,6 +250,14 @@ pub enum Action<P> {
         /// Milliseconds without progress.
         waited_ms: u64,
     },
+    /// Build `content` again from nothing, from its whole form (pieces
+    /// file, or the content itself), not from a base (the base may be what
+    /// was wrong): plan it and add it again with
+    /// [`Transfer::add_content`] (or its items first).
+    Rebuild {
+        /// The content.
+        content: ContentId,
+    },
     /// Every item and every unit is done.
     Done,
     /// The transfer cannot finish (step down, report, let it be asked again).
@@ -308,6 +316,22 @@ pub enum Outcome {
     /// A local error (disk full): the transfer fails.
     Local(String),
 }
+
+/// Why a content must be built again from nothing
+/// ([`Transfer::handle_content_failed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebuild {
+    /// Every unit verified, the whole content did not: the partial was
+    /// discarded. Rebuilt once; a second failure fails the transfer (the
+    /// DP's own bytes are wrong).
+    Unverified(String),
+    /// Verified earlier, it is no longer in the store at the end. Rebuilt
+    /// at most [`MAX_REBUILDS`] times.
+    Lost,
+}
+
+/// Most times one content is built again from nothing.
+pub const MAX_REBUILDS: u32 = 2;
 
 /// A non-master's way to the DP when the subnet makes no progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -521,6 +545,11 @@ pub struct Transfer<P> {
     /// When some peer's busy or set-aside state next changes (none: no
     /// peer has such a timer); [`Transfer::tick`] looks at peers only then.
     peers_due: Option<Timestamp>,
+    /// Times each content was built again from nothing.
+    rebuilds: BTreeMap<ContentId, u32>,
+    /// Contents the driver is planning again ([`Action::Rebuild`]): the
+    /// transfer is not done before they are added again.
+    replanning: BTreeSet<ContentId>,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
@@ -561,6 +590,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             items_left: 0,
             units_left: 0,
             peers_due: None,
+            rebuilds: BTreeMap::new(),
+            replanning: BTreeSet::new(),
         }
     }
 
@@ -609,6 +640,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             .filter(|(u, d)| u.seed_offset.is_some() && !**d)
             .count();
         self.units_left += left;
+        self.replanning.remove(&content);
         if let Some(old) = self.contents.get(&content) {
             self.units_left -= old.left;
         }
@@ -636,6 +668,58 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
         self.finished = false;
         self.started = true;
         self.dirty.insert(content);
+        self.unsettled = true;
+    }
+
+    /// A content's needs list names a base we lack; `item` would copy it
+    /// from a peer. The master fetches origin runs as DP pack frames,
+    /// which decompress against the base: a peer's copy of it keeps the
+    /// WAN bytes those of one agent holding it, so the base becomes a
+    /// peers-only item and this returns `true`: the content waits for it
+    /// ([`Transfer::handle_item_done`], or [`Action::ItemUnavailable`]
+    /// when no peer has it, and the content goes whole). A non-master
+    /// takes runs from peers, and without a pack the seed runs are
+    /// fetched like any other: `false`, build without it.
+    pub fn want_base_copy(&mut self, now: Timestamp, item: ItemId, pack: bool) -> bool {
+        if !(self.master && pack) {
+            return false;
+        }
+        self.add_item_from(now, item, ItemFrom::PeersOnly);
+        true
+    }
+
+    /// Content `content` must be built again from nothing (see
+    /// [`Rebuild`]): its units and requests go, and [`Action::Rebuild`]
+    /// asks the driver to plan it again; past the limit the transfer fails.
+    pub fn handle_content_failed(&mut self, now: Timestamp, content: ContentId, why: Rebuild) {
+        self.tick(now);
+        let count = self.rebuilds.get(&content).copied().unwrap_or(0);
+        let (limit, what) = match &why {
+            Rebuild::Unverified(e) => (1, format!("failed verification twice: {e}")),
+            Rebuild::Lost => (MAX_REBUILDS, "went missing from the store again".to_owned()),
+        };
+        if count >= limit {
+            self.fail(format!("a content built again from nothing {what}"));
+            return;
+        }
+        self.rebuilds.insert(content, count + 1);
+        let ids: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| {
+                matches!(f.target, Target::Coverage(c) | Target::Runs(c, _, _) if c == content)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.end(id);
+        }
+        if let Some(old) = self.contents.remove(&content) {
+            self.units_left -= old.left;
+        }
+        self.replanning.insert(content);
+        self.finished = false;
+        self.actions.push_back(Action::Rebuild { content });
         self.unsettled = true;
     }
 

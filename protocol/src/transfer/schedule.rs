@@ -29,7 +29,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             self.units_left,
             self.contents.values().map(|c| c.left).sum::<usize>()
         );
-        self.items_left > 0 || self.units_left > 0
+        self.items_left > 0 || self.units_left > 0 || !self.replanning.is_empty()
     }
 
     pub(super) fn tick(&mut self, now: Timestamp) {

@@ -24,7 +24,7 @@ use peerdelta_protocol::status::{StatusEvent, StatusReport};
 use peerdelta_protocol::swarm::Unit;
 use peerdelta_protocol::time::Timestamp;
 use peerdelta_protocol::transfer::{
-    Action, BanReason, Config, ContentId, ItemFrom, ItemId, Outcome, Transfer,
+    Action, BanReason, Config, ContentId, ItemFrom, ItemId, Outcome, Rebuild, Transfer,
 };
 use peerdelta_protocol::wire::{Have, MAX_HAVE_RANGES};
 use peerdelta_protocol::{ContentHash, layout};
@@ -85,7 +85,6 @@ struct Work {
     /// The needs file read, waiting for a base copy.
     pending: Option<needsfile::NeedsFile>,
     plan: Option<Arc<ContentPlan>>,
-    retried: bool,
     done: bool,
 }
 
@@ -114,8 +113,6 @@ pub(crate) struct Job {
     /// past [`MAX_HAVE_RANGES`] they ask instead).
     news: BTreeMap<ContentHash, RangeSet>,
     news_ranges: usize,
-    /// Times contents missing at the end were got again.
-    rebuilds: u32,
 }
 
 impl Job {
@@ -152,7 +149,6 @@ impl Job {
             ended: false,
             news: BTreeMap::new(),
             news_ranges: 0,
-            rebuilds: 0,
             opts,
         };
         // A manifest the cache holds and that verifies needs no transfer.
@@ -365,7 +361,6 @@ impl Job {
                     how,
                     pending: None,
                     plan: None,
-                    retried: false,
                     done: false,
                 },
             );
@@ -441,15 +436,19 @@ impl Job {
             Err(e) => return self.fail(format!("{rel}: {e}")),
         };
         let base = (nf.base != ContentHash::EMPTY).then_some(nf.base);
-        let lack_base = base.is_some_and(|b| !self.io.cache.has(&b));
-        if self.master && nf.pack.is_some() && lack_base && self.io.net.is_some() {
-            // The pack's frames decompress against the base: a peer's copy
-            // of it keeps the WAN bytes those of one agent holding it.
-            let hash = nf.base;
+        if base.is_some_and(|b| !self.io.cache.has(&b)) {
+            let (hash, pack) = (nf.base, nf.pack.is_some());
             w.pending = Some(nf);
             let item = self.item(ItemKind::Base { hash, content: c });
-            self.transfer.add_item_from(now, item, ItemFrom::PeersOnly);
-            return;
+            if self.transfer.want_base_copy(now, item, pack) {
+                return;
+            }
+            self.items.remove(&item);
+            let Some(nf) = self.works.get_mut(&c).and_then(|w| w.pending.take()) else {
+                return;
+            };
+            let runs: Vec<PlacedRun> = nf.placed().collect();
+            return self.content_ready(now, c, base, runs, Some((nf, rel.to_owned())));
         }
         let runs: Vec<PlacedRun> = nf.placed().collect();
         self.content_ready(now, c, base, runs, Some((nf, rel.to_owned())));
@@ -598,27 +597,42 @@ impl Job {
                 self.io.progress(1, 0);
                 self.activate(now);
             }
-            Err(e) if !w.retried => {
-                // The partial was discarded: once more from nothing.
-                w.retried = true;
-                w.how = How::Whole;
-                let source = if w.entry.pieces.is_some() {
-                    Source::Pieces
-                } else {
-                    Source::Small
-                };
+            Err(e) => {
+                // The partial was discarded: the machine says whether it
+                // is built again.
                 self.failures += 1;
                 let detail = format!("content {hash}: {e}");
-                tracing::warn!("{detail}; building it again");
+                tracing::warn!("{detail}");
                 self.report(StatusEvent::HashFailure {
                     content: hash,
                     source: "dp".into(),
-                    detail,
+                    detail: detail.clone(),
                 });
-                self.start(now, c, source);
+                self.transfer
+                    .handle_content_failed(now, c, Rebuild::Unverified(detail));
             }
-            Err(e) => self.fail(format!("content {hash}: {e}")),
         }
+    }
+
+    /// The machine asks for content `c` again, whole.
+    fn rebuild(&mut self, now: Timestamp, c: ContentId) {
+        let Some(w) = self.works.get_mut(&c) else {
+            return;
+        };
+        tracing::warn!(content = %w.hash, "building it again from its whole form");
+        if w.done {
+            w.done = false;
+            self.active += 1;
+        }
+        w.how = How::Whole;
+        w.pending = None;
+        w.plan = None;
+        let source = if w.entry.pieces.is_some() {
+            Source::Pieces
+        } else {
+            Source::Small
+        };
+        self.start(now, c, source);
     }
 
     fn finish_if_done(&mut self) {
@@ -630,38 +644,32 @@ impl Job {
         };
         // A content of the version the cache does not hold at the end
         // (seen a few times in CI under load, after a verified build or
-        // planned as held; cause not found): got again, at most twice.
+        // planned as held; cause not found): one we built is the machine's
+        // to rebuild (or give up on), one held at the start is got anew.
         let missing: BTreeMap<ContentHash, FileEntry> = m
             .files()
             .filter(|(_, f)| !self.io.cache.has(&f.hash))
             .map(|(_, f)| (f.hash, f.clone()))
             .collect();
-        if !missing.is_empty() && self.rebuilds < 2 {
-            self.rebuilds += 1;
+        if !missing.is_empty() {
             let now = now();
             for (hash, f) in missing {
-                let source = if f.pieces.is_some() {
-                    Source::Pieces
-                } else {
-                    Source::Small
-                };
                 let known = self
                     .works
                     .iter()
                     .find(|(_, w)| w.hash == hash)
                     .map(|(c, _)| *c);
-                tracing::warn!(content = %hash, planned_as_held = known.is_none(), "a content of the version is not in the cache at the end; getting it again");
+                tracing::warn!(content = %hash, planned_as_held = known.is_none(), "a content of the version is not in the cache at the end");
                 match known {
-                    Some(c) => {
-                        if let Some(w) = self.works.get_mut(&c) {
-                            w.done = false;
-                            w.retried = true;
-                            w.how = How::Whole;
-                            self.active += 1;
-                            self.start(now, c, source);
-                        }
+                    Some(c) => self.transfer.handle_content_failed(now, c, Rebuild::Lost),
+                    None => {
+                        let source = if f.pieces.is_some() {
+                            Source::Pieces
+                        } else {
+                            Source::Small
+                        };
+                        self.queue.push_back((hash, f, source));
                     }
-                    None => self.queue.push_back((hash, f, source)),
                 }
             }
             self.activate(now);
@@ -895,6 +903,7 @@ impl Job {
             Action::Stalled { waited_ms } => {
                 tracing::warn!(package = %self.opts.package, "no progress on the subnet for {} s: taking what no peer gives from the DP", waited_ms / 1000);
             }
+            Action::Rebuild { content } => self.rebuild(now(), content),
             Action::Done => self.finish_if_done(),
             Action::Failed { reason } => self.fail(reason),
         }
