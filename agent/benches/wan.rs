@@ -266,8 +266,8 @@ async fn step(
     drop(client);
     let after = count.load(Ordering::Relaxed);
     let how = format!(
-        "{}c {}d {}r {}w",
-        s.cached_contents, s.delta_contents, s.rdc_contents, s.whole_contents
+        "{}c {}b {}d {}r {}w",
+        s.cached_contents, s.bundle_contents, s.delta_contents, s.rdc_contents, s.whole_contents
     );
     Ok((after - before, how))
 }
@@ -300,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir_in(corpus.parent().unwrap_or(Path::new("/tmp")))?;
     println!(
         "WAN bytes per update step (pack level {pack_level}, zstd --patch-from -{zstd_level}); \
-         receiver methods: c cached, d needs list, r client-side RDC, w whole"
+         receiver methods: c cached, b bundle, d needs list, r client-side RDC, w whole"
     );
     let mut summary = Vec::new();
     for series in ["bin", "js", "tree", "image"] {

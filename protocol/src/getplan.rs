@@ -15,7 +15,7 @@
 //!    content) for a small one.
 
 use crate::ContentHash;
-use crate::manifest::{FileEntry, Manifest, NeedsRef};
+use crate::manifest::{BundleRef, FileEntry, Manifest, NeedsRef, PiecesRef};
 use crate::needsfile::MAX_RUN;
 
 /// How one content is obtained.
@@ -50,11 +50,17 @@ impl FileEntry {
     /// Bytes a whole download of this content takes (pieces file and pack,
     /// compressed copy, or the raw content).
     pub fn whole_download_bytes(&self) -> u64 {
-        match (self.pieces, self.zst_len) {
-            (Some(p), _) => p.file_len + p.pack_len.unwrap_or(self.size),
-            (None, Some(z)) => z,
-            (None, None) => self.size,
-        }
+        whole_download_bytes(self.size, self.pieces.as_ref(), self.zst_len)
+    }
+}
+
+/// Bytes a whole download of a content of `size` bytes takes, with its
+/// pieces file (if any) and compressed copy (if any).
+pub fn whole_download_bytes(size: u64, pieces: Option<&PiecesRef>, zst_len: Option<u64>) -> u64 {
+    match (pieces, zst_len) {
+        (Some(p), _) => p.file_len + p.pack_len.unwrap_or(size),
+        (None, Some(z)) => z,
+        (None, None) => size,
     }
 }
 
@@ -114,6 +120,39 @@ impl ContentPlan {
             Source::Pieces | Source::Small => Some(f.whole_download_bytes()),
         }
     }
+}
+
+/// The bundle a receiver fetches first: when it lacks some content of
+/// `target`, the smallest bundle from a version it holds
+/// (`held_version`); its entries make those contents held before the rest
+/// is planned.
+pub fn bundle_to_fetch(
+    target: &Manifest,
+    held: impl Fn(&ContentHash) -> bool,
+    held_version: impl Fn(u64) -> bool,
+) -> Option<BundleRef> {
+    if target.files().all(|(_, f)| held(&f.hash)) {
+        return None;
+    }
+    target.bundle_from(held_version).copied()
+}
+
+/// Total WAN bytes to get `target` with its bundle: the bundle
+/// [`bundle_to_fetch`] picks, then [`download_bytes`] of the contents it
+/// does not hold. `bundle_targets` lists a bundle's targets (`None`: it
+/// cannot be read, so it is fetched and useless).
+pub fn download_bytes_with_bundle(
+    target: &Manifest,
+    held: impl Fn(&ContentHash) -> bool,
+    held_version: impl Fn(u64) -> bool,
+    bundle_targets: impl Fn(&BundleRef) -> Option<Vec<ContentHash>>,
+) -> u64 {
+    let Some(b) = bundle_to_fetch(target, &held, held_version) else {
+        return download_bytes(target, held);
+    };
+    let given: std::collections::BTreeSet<ContentHash> =
+        bundle_targets(&b).unwrap_or_default().into_iter().collect();
+    b.len + download_bytes(target, |h| held(h) || given.contains(h))
 }
 
 /// Total WAN bytes to get `target` when the contents of `held` are present
@@ -192,6 +231,7 @@ mod tests {
                 file("d", h(1), big, vec![]),
                 file("e", h(4), big, vec![]),
             ],
+            bundles: vec![],
         };
         let held = |x: &ContentHash| [h(10), h(11), h(3), h(20)].contains(x);
         let older = |p: &str| (p == "b").then_some(h(20));

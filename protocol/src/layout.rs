@@ -8,6 +8,8 @@
 //! needs/<target shard>/<base>-<target>.needs.bin  needs lists (base = BLAKE3
 //!                                                 of nothing: pieces file)
 //! needs/<target shard>/<base>-<target>.pack       their origin runs, compressed
+//! needs/<shard>/<hash>.bundle                     a version's small contents,
+//!                                                 patched against an earlier one
 //! packages/<package>/index                        signed list of versions
 //! packages/<package>/<version>/manifest           signed manifest
 //! ```
@@ -46,6 +48,11 @@ pub fn needs(base: &ContentHash, target: &ContentHash) -> String {
 /// The compressed origin runs of the needs list from `base` to `target`.
 pub fn pack(base: &ContentHash, target: &ContentHash) -> String {
     format!("needs/{}/{}-{}.pack", target.shard(), base, target)
+}
+
+/// A bundle, by its hash (see [`crate::bundle`]).
+pub fn bundle(h: &ContentHash) -> String {
+    format!("needs/{}/{}.bundle", h.shard(), h)
 }
 
 /// A package's index.

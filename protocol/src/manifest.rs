@@ -21,7 +21,7 @@ use crate::hash::ContentHash;
 use crate::rdc::LevelParams;
 
 /// Magic of a signed manifest.
-pub const MANIFEST_MAGIC: [u8; 8] = *b"PDMANIF1";
+pub const MANIFEST_MAGIC: [u8; 8] = *b"PDMANIF2";
 /// Magic of a signed package index.
 pub const INDEX_MAGIC: [u8; 8] = *b"PDINDEX2";
 /// Magic of the package index before generations and expiry (read by the DP
@@ -175,6 +175,21 @@ pub struct Manifest {
     pub params: LevelParams,
     /// Entries, sorted by path; parents before children.
     pub entries: Vec<Entry>,
+    /// Bundles of this version's small changed contents against earlier
+    /// versions ([`crate::bundle`]), oldest first.
+    pub bundles: Vec<BundleRef>,
+}
+
+/// A bundle of a version's small contents patched against an earlier
+/// version, `needs/<shard>/<hash>.bundle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRef {
+    /// The earlier version.
+    pub from: u64,
+    /// BLAKE3 of the bundle file.
+    pub hash: ContentHash,
+    /// Its size.
+    pub len: u64,
 }
 
 /// One entry of a package.
@@ -317,7 +332,23 @@ impl Manifest {
                 dirs.insert(e.path.as_str().to_owned());
             }
         }
+        if self.bundles.len() > crate::bundle::BUNDLE_VERSIONS
+            || self.bundles.iter().any(|b| b.from >= self.version)
+            || self.bundles.windows(2).any(|w| w[0].from >= w[1].from)
+        {
+            return Err(ManifestError::Invalid(
+                "bundles not from distinct earlier versions, oldest first".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The smallest bundle from a version `held` says the receiver has.
+    pub fn bundle_from(&self, held: impl Fn(u64) -> bool) -> Option<&BundleRef> {
+        self.bundles
+            .iter()
+            .filter(|b| held(b.from))
+            .min_by_key(|b| b.len)
     }
 }
 
@@ -786,7 +817,38 @@ mod tests {
                     }),
                 },
             ],
+            bundles: vec![BundleRef {
+                from: 1,
+                hash: h,
+                len: 9,
+            }],
         }
+    }
+
+    #[test]
+    fn bundles_must_come_from_distinct_earlier_versions_oldest_first() {
+        let mut m = manifest();
+        assert!(m.validate().is_ok());
+        let b = m.bundles[0];
+        m.bundles = vec![BundleRef { from: 2, ..b }, b];
+        assert!(m.validate().is_err(), "newest first");
+        m.bundles = vec![BundleRef { from: 3, ..b }];
+        assert!(m.validate().is_err(), "from the version itself");
+        m.bundles = vec![
+            b,
+            BundleRef {
+                from: 2,
+                len: 5,
+                ..b
+            },
+        ];
+        assert_eq!(
+            m.bundle_from(|_| true).map(|b| b.from),
+            Some(2),
+            "the smallest"
+        );
+        assert_eq!(m.bundle_from(|v| v == 1).map(|b| b.from), Some(1));
+        assert_eq!(m.bundle_from(|_| false), None);
     }
 
     #[test]

@@ -176,6 +176,7 @@ mod tests {
             published_ms: 0,
             params: LevelParams::default(),
             entries,
+            bundles: vec![],
         }
     }
 

@@ -10,7 +10,8 @@ use peerdelta_protocol::rangeset::RangeSet;
 use peerdelta_protocol::swarm::Unit;
 use peerdelta_protocol::time::Timestamp;
 use peerdelta_protocol::transfer::{
-    Action, BanReason, Config, ContentId, ItemId, Outcome, Rebuild, RequestId, RunsFrom, Transfer,
+    Action, BanReason, Config, ContentId, ItemFrom, ItemId, Outcome, Rebuild, RequestId, RunsFrom,
+    Transfer,
 };
 use proptest::prelude::*;
 
@@ -673,4 +674,33 @@ fn only_a_master_fetching_a_pack_copies_a_missing_base_and_only_from_peers() {
         "no peer has it: the content goes on without it, got {rest:?}"
     );
     assert!(!rest.iter().any(|a| matches!(a, Action::ItemFromDp { .. })));
+}
+
+#[test]
+fn an_optional_item_the_dp_cannot_give_is_unavailable_not_a_failure() {
+    let now = Timestamp(0);
+    for outcome in [
+        Outcome::BadData("hash".into()),
+        Outcome::NotFound,
+        Outcome::Dp {
+            transient: false,
+            detail: "404".into(),
+        },
+    ] {
+        let mut t: Transfer<u32> = Transfer::new(Config::default(), true, now);
+        let bundle = ItemId(5);
+        t.add_item_from(now, bundle, ItemFrom::Optional);
+        let id = match t.poll_action() {
+            Some(Action::ItemFromDp { id, item }) if item == bundle => id,
+            other => panic!("expected the item asked of the DP, got {other:?}"),
+        };
+        t.handle_request_end(now, id, outcome.clone());
+        let rest: Vec<_> = std::iter::from_fn(|| t.poll_action()).collect();
+        assert_eq!(
+            rest,
+            vec![Action::ItemUnavailable { item: bundle }, Action::Done],
+            "after {outcome:?}"
+        );
+        assert!(!t.is_failed());
+    }
 }

@@ -62,7 +62,18 @@ fn expected_bytes(lib: &Path, target: &Manifest, held: &[Manifest]) -> u64 {
     let entry = index.get(target.version).unwrap();
     // The manifest: a delta from a held one, else compressed.
     let manifest = entry.manifest_fetch(|v| held.iter().any(|m| m.version == v));
-    index_len + manifest.len() + getplan::download_bytes(target, |h| have.contains(h))
+    index_len
+        + manifest.len()
+        + getplan::download_bytes_with_bundle(
+            target,
+            |h| have.contains(h),
+            |v| held.iter().any(|m| m.version == v),
+            |b| {
+                let bytes = fs::read(lib.join(layout::bundle(&b.hash))).ok()?;
+                let bundle = peerdelta_protocol::bundle::decode(&bytes).ok()?;
+                Some(bundle.entries.iter().map(|e| e.target).collect())
+            },
+        )
 }
 
 /// Gets every version of the series in turn into one cache, checking the
@@ -840,10 +851,66 @@ fn a_receiver_five_versions_behind_uses_client_side_rdc() {
     let fetched = metric(&server.addr, PAYLOAD) - p0;
     assert_same_tree(&read_out_tree(&out), &s.trees[5], "v6 from v1");
     assert!(summary["rdc_contents"].as_u64().unwrap() >= 1, "{summary}");
+    // The small contents came in one bundle from v1 (far outside the
+    // needs lists' window), not one by one.
+    assert!(
+        m6.bundles.iter().any(|b| b.from == 1),
+        "v6 has a bundle from v1"
+    );
+    assert!(
+        summary["bundle_contents"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    assert_eq!(summary["hash_failures"], 0, "{summary}");
     let whole = library_index(&s.lib, "app").1 + mlen + getplan::download_bytes(&m6, |_| false);
     eprintln!("v1 -> v6 by client-side RDC: {fetched} B from the DP; without a base {whole} B");
     assert!(
         fetched * 4 < whole,
         "RDC fetched {fetched} B, a full download is {whole} B"
     );
+}
+
+#[test]
+fn a_damaged_bundle_costs_bytes_never_the_update() {
+    // A bundle the DP cannot give right (damaged on disk, or gone) is
+    // skipped: its contents come their usual way and the update completes.
+    let s = published_series();
+    let (m2, _) = library_manifest(&s.lib, "app", 2);
+    let b = m2
+        .bundles
+        .iter()
+        .find(|b| b.from == 1)
+        .expect("v2 has a bundle from v1");
+    let path = s.lib.join(layout::bundle(&b.hash));
+    for damage in ["flip", "remove"] {
+        let saved = fs::read(&path).unwrap();
+        match damage {
+            "flip" => flip(&path, b.len / 2),
+            _ => fs::remove_file(&path).unwrap(),
+        }
+        let server = DpServer::start(&s.lib);
+        let cache = s.dir.path().join(format!("cache-{damage}"));
+        run_ok(get_cmd(&server.url(), &s.lib, &cache).args(["--version", "1"]));
+        let out = s.dir.path().join(format!("out-{damage}"));
+        let summary = json(&run_ok(
+            get_cmd(&server.url(), &s.lib, &cache)
+                .args(["--version", "2", "--out"])
+                .arg(&out),
+        ));
+        assert_same_tree(&read_out_tree(&out), &s.trees[1], damage);
+        assert_eq!(summary["bundle_contents"], 0, "{damage}: {summary}");
+        let verify = run(peerdelta(["dp", "verify", "--full", "--library"]).arg(&s.lib));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        assert!(
+            !verify.status.success() && text.contains(".bundle"),
+            "dp verify names the bundle: {text}"
+        );
+        drop(server);
+        fs::write(&path, saved).unwrap();
+    }
+    run_ok(peerdelta(["dp", "verify", "--full", "--library"]).arg(&s.lib));
 }

@@ -1,11 +1,14 @@
 //! `peerdelta dp list`: packages, versions, sizes, and what a receiver holding
-//! each of the previous versions downloads for a version (from the needs lists).
+//! each of the previous versions downloads for a version (the manifest, the
+//! bundle from that version, then needs lists, packs and whole contents for
+//! the rest: what `get` does).
 
-use peerdelta_protocol::getplan;
+use peerdelta_protocol::{bundle, getplan, layout};
 use std::collections::HashSet;
 
 use ed25519_dalek::VerifyingKey;
-use peerdelta_protocol::manifest::{IndexEntry, Manifest, PackageName};
+use peerdelta_protocol::ContentHash;
+use peerdelta_protocol::manifest::{BundleRef, IndexEntry, Manifest, PackageName};
 use peerdelta_protocol::publish::WINDOW;
 use serde::Serialize;
 
@@ -25,8 +28,8 @@ pub struct VersionRow {
     /// Size of the signed manifest.
     pub manifest_bytes: u64,
     /// For each of the previous versions (newest first): bytes a receiver
-    /// holding it downloads from the DP (manifest, needs lists, origin runs,
-    /// whole files without a needs list).
+    /// holding it downloads from the DP (manifest, bundle, needs lists,
+    /// origin runs, whole files without a needs list).
     pub from_previous: Vec<DeltaCost>,
 }
 
@@ -51,11 +54,25 @@ pub struct PackageRow {
     pub versions: Vec<VersionRow>,
 }
 
-/// Bytes a receiver holding `old` downloads to get `new` (index excluded).
-pub fn delta_cost(new: &Manifest, entry: &IndexEntry, old: &Manifest) -> u64 {
+/// Bytes a receiver holding `old` downloads to get `new` (index excluded):
+/// the manifest, the bundle from `old` if there is one, and what
+/// [`getplan`] gives for the contents the bundle does not hold.
+pub fn delta_cost(lib: &Library, new: &Manifest, entry: &IndexEntry, old: &Manifest) -> u64 {
     let held: HashSet<_> = old.files().map(|(_, f)| f.hash).collect();
     entry.manifest_fetch(|v| v == old.version).len()
-        + getplan::download_bytes(new, |h| held.contains(h))
+        + getplan::download_bytes_with_bundle(
+            new,
+            |h| held.contains(h),
+            |v| v == old.version,
+            |b| bundle_targets(lib, b),
+        )
+}
+
+/// The targets of a bundle in the library (`None` if it cannot be read).
+pub fn bundle_targets(lib: &Library, b: &BundleRef) -> Option<Vec<ContentHash>> {
+    let bytes = std::fs::read(lib.path(&layout::bundle(&b.hash))).ok()?;
+    let bundle = bundle::decode(&bytes).ok()?;
+    Some(bundle.entries.iter().map(|e| e.target).collect())
 }
 
 /// Lists one package.
@@ -77,7 +94,7 @@ pub fn list_package(
             .take(WINDOW)
             .map(|(old, _)| DeltaCost {
                 from: old.version,
-                bytes: delta_cost(&m, e, old),
+                bytes: delta_cost(lib, &m, e, old),
             })
             .collect();
         rows.push(VersionRow {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 use peerdelta_protocol::manifest::{EntryKind, PackageName};
 use peerdelta_protocol::publish::WINDOW;
-use peerdelta_protocol::{ContentHash, layout, needsfile};
+use peerdelta_protocol::{ContentHash, bundle, layout, needsfile};
 use serde::Serialize;
 
 use super::library::Library;
@@ -153,6 +153,29 @@ pub fn verify(
                     });
                 if ok.as_deref() != Some(&raw[..]) {
                     report(format!("{rel} does not give the manifest back"));
+                }
+            }
+            for b in &m.bundles {
+                let rel = layout::bundle(&b.hash);
+                if !checked.insert(rel.clone()) {
+                    continue;
+                }
+                match fs::read(lib.path(&rel)) {
+                    Err(_) => report(format!("{rel} is missing (the bundle from v{})", b.from)),
+                    Ok(bytes) if bytes.len() as u64 != b.len => report(format!(
+                        "{rel} has {} bytes, expected {}",
+                        bytes.len(),
+                        b.len
+                    )),
+                    Ok(bytes) if full && ContentHash::of(&bytes) != b.hash => {
+                        report(format!("{rel} has BLAKE3 {}", ContentHash::of(&bytes)))
+                    }
+                    Ok(bytes) if full => {
+                        if let Err(err) = bundle::decode(&bytes) {
+                            report(format!("{rel}: {err}"));
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
             for entry in &m.entries {

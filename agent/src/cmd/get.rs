@@ -247,7 +247,7 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else if !a.quiet {
         println!(
-            "{} v{}: {} files, {}; {} from the DP, {} reused locally ({} cached, {} rebuilt from a needs list, {} by RDC, {} whole) in {:.1} s",
+            "{} v{}: {} files, {}; {} from the DP, {} reused locally ({} cached, {} from the bundle, {} rebuilt from a needs list, {} by RDC, {} whole) in {:.1} s",
             s.package,
             s.version,
             s.files,
@@ -255,6 +255,7 @@ pub fn run(a: GetArgs) -> anyhow::Result<()> {
             human_bytes(s.dp_bytes),
             human_bytes(s.reused_bytes),
             s.cached_contents,
+            s.bundle_contents,
             s.delta_contents,
             s.rdc_contents,
             s.whole_contents,

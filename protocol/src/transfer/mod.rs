@@ -202,7 +202,8 @@ pub enum Action<P> {
         /// The request.
         id: RequestId,
     },
-    /// No peer has this peers-only item: go on without it.
+    /// No peer has this peers-only item, or the DP cannot give this
+    /// optional one: go on without it.
     ItemUnavailable {
         /// The item.
         item: ItemId,
@@ -497,6 +498,10 @@ pub enum ItemFrom {
     PeersOnly,
     /// The DP only (what only the DP can make, e.g. client-side RDC).
     DpOnly,
+    /// Peers first, then the DP, but worth no failure: when the DP's copy
+    /// does not verify or is not there, [`Action::ItemUnavailable`] (a
+    /// bundle: its contents then come their usual way).
+    Optional,
 }
 
 /// One package version's transfer.
@@ -998,6 +1003,30 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
             // Its room is free again.
             let starved = std::mem::take(&mut self.starved);
             self.dirty.extend(starved);
+        }
+        // An optional item the DP cannot give: the driver goes on without it.
+        if let (Target::Item(item), None) = (&f.target, &f.peer)
+            && matches!(
+                outcome,
+                Outcome::BadData(_)
+                    | Outcome::NotFound
+                    | Outcome::Dp {
+                        transient: false,
+                        ..
+                    }
+            )
+            && let Some(i) = self.items.get_mut(item)
+            && i.from == ItemFrom::Optional
+        {
+            if !i.done {
+                i.done = true;
+                self.items_left -= 1;
+                self.actions
+                    .push_back(Action::ItemUnavailable { item: *item });
+            }
+            self.all_dirty = true;
+            self.unsettled = true;
+            return;
         }
         match (&f.target, &outcome) {
             (Target::Runs(c, _, _), Outcome::Ok) => {

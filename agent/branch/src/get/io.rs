@@ -54,6 +54,8 @@ pub(crate) enum JobEvent {
     RdcFailed(ItemId, ContentId, String),
     /// A content whose units are all done was hashed whole.
     Verified(ContentId, Result<(), String>),
+    /// The bundle was applied.
+    BundleApplied(Result<super::bundle::Applied, String>),
     /// Our base of a content failed verification.
     BaseLost(ContentId, String),
     /// Bytes that failed verification, for a status report to the DP.

@@ -9,7 +9,7 @@
 //! daemon's event loop. Its I/O runs in spawned tasks that send
 //! [`JobEvent`]s back, tagged with the job's number.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -31,6 +31,7 @@ use peerdelta_protocol::{ContentHash, layout};
 use peerdelta_store::partial::Partial;
 use tokio::sync::mpsc;
 
+use super::bundle::Applied;
 use super::io::{ContentPlan, Io, JobEvent, now};
 use super::{GetOptions, GetSummary};
 
@@ -68,6 +69,12 @@ enum ItemKind {
     Rdc {
         content: ContentId,
         seed: ContentHash,
+    },
+    /// The version's bundle against a version we hold.
+    Bundle {
+        rel: String,
+        hash: ContentHash,
+        len: u64,
     },
 }
 
@@ -113,6 +120,10 @@ pub(crate) struct Job {
     /// past [`MAX_HAVE_RANGES`] they ask instead).
     news: BTreeMap<ContentHash, RangeSet>,
     news_ranges: usize,
+    /// A bundle is being fetched or applied: contents are planned after.
+    bundle_wait: bool,
+    /// Contents the bundle gave.
+    bundled: u64,
 }
 
 impl Job {
@@ -149,6 +160,8 @@ impl Job {
             ended: false,
             news: BTreeMap::new(),
             news_ranges: 0,
+            bundle_wait: false,
+            bundled: 0,
             opts,
         };
         // A manifest the cache holds and that verifies needs no transfer.
@@ -245,6 +258,7 @@ impl Job {
                 self.verified(now, c, Err(e));
             }
             JobEvent::Verified(c, r) => self.verified(now, c, r),
+            JobEvent::BundleApplied(r) => self.bundle_applied(now, r),
             JobEvent::BaseLost(c, detail) => {
                 self.failures += 1;
                 tracing::warn!(content = ?c, "the local base is damaged ({detail}); taking its runs elsewhere");
@@ -286,8 +300,53 @@ impl Job {
             }
             Some(ItemKind::Base { content, .. }) => self.start_units(now, content),
             Some(ItemKind::Rdc { content, .. }) => self.verified(now, content, Ok(())),
+            Some(ItemKind::Bundle { .. }) => match bytes {
+                Some(b) => self.apply_bundle(b),
+                None => self.bundle_applied(now, Err("no bytes".into())),
+            },
             None => {}
         }
+    }
+
+    /// Applies the bundle off the runtime's threads.
+    fn apply_bundle(&mut self, bytes: Vec<u8>) {
+        let Some((m, _)) = &self.manifest else {
+            return;
+        };
+        let needed: BTreeSet<ContentHash> = m
+            .files()
+            .map(|(_, f)| f.hash)
+            .filter(|h| !self.io.cache.has(h))
+            .collect();
+        let cache = self.io.cache.clone();
+        self.spawn(async move {
+            let r = tokio::task::spawn_blocking(move || {
+                super::bundle::apply(&cache, &bytes, &needed).map_err(|e| format!("{e:#}"))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            vec![JobEvent::BundleApplied(r)]
+        });
+    }
+
+    /// The bundle was applied (or could not be): the rest is planned.
+    pub(super) fn bundle_applied(&mut self, now: Timestamp, r: Result<Applied, String>) {
+        if !std::mem::take(&mut self.bundle_wait) {
+            return;
+        }
+        match r {
+            Ok(a) => {
+                self.bundled = a.contents;
+                self.failures += a.failed;
+            }
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!(
+                    "the bundle could not be applied ({e}); getting its contents one by one"
+                );
+            }
+        }
+        self.plan_contents(now);
     }
 
     fn manifest_known(&mut self, now: Timestamp, raw: Vec<u8>) {
@@ -300,6 +359,29 @@ impl Job {
             Ok(locks) => self.locks = locks,
             Err(e) => return self.fail(format!("{e:#}")),
         }
+        // Small changed contents in one transfer, from a version we hold.
+        let held_versions = self.io.cache.versions_of(&m.package);
+        let bundle =
+            getplan::bundle_to_fetch(&m, |h| self.io.cache.has(h), |v| held_versions.contains(&v));
+        self.manifest = Some((m, raw));
+        if let Some(b) = bundle {
+            self.bundle_wait = true;
+            let item = self.item(ItemKind::Bundle {
+                rel: layout::bundle(&b.hash),
+                hash: b.hash,
+                len: b.len,
+            });
+            self.transfer.add_item_from(now, item, ItemFrom::Optional);
+            return;
+        }
+        self.plan_contents(now);
+    }
+
+    /// Plans every content the cache lacks.
+    fn plan_contents(&mut self, now: Timestamp) {
+        let Some((m, _)) = self.manifest.clone() else {
+            return;
+        };
         let older = super::older_files(&self.io.cache, &self.io.key, &m);
         let sizes: BTreeMap<ContentHash, &FileEntry> =
             m.files().map(|(_, f)| (f.hash, f)).collect();
@@ -336,7 +418,6 @@ impl Job {
                 todo,
                 self.opts.progress,
             ));
-        self.manifest = Some((m, raw));
         self.activate(now);
     }
 
@@ -636,7 +717,12 @@ impl Job {
     }
 
     fn finish_if_done(&mut self) {
-        if self.ended || self.manifest.is_none() || !self.queue.is_empty() || self.active > 0 {
+        if self.ended
+            || self.manifest.is_none()
+            || self.bundle_wait
+            || !self.queue.is_empty()
+            || self.active > 0
+        {
             return;
         }
         let Some((m, raw)) = self.manifest.clone() else {
@@ -700,10 +786,12 @@ impl Job {
             dp_bytes: self.io.client.wan_bytes().saturating_sub(self.wan_at_start),
             reused_bytes: self.held + self.io.reused.load(Ordering::Relaxed),
             lan_bytes: self.io.lan_bytes.load(Ordering::Relaxed),
-            cached_contents: m.files().count() as u64 - self.works.len() as u64,
+            cached_contents: (m.files().count() as u64)
+                .saturating_sub(self.works.len() as u64 + self.bundled),
             delta_contents: count(How::Delta),
             rdc_contents: count(How::Rdc),
             whole_contents: count(How::Whole),
+            bundle_contents: self.bundled,
             hash_failures: self.failures,
             seconds: self.started.elapsed().as_secs_f64(),
         };
@@ -803,7 +891,7 @@ impl Job {
                         async move { io.manifest_from_peer(id, item, peer, v, deadline).await },
                     );
                 }
-                Some(ItemKind::File { rel, hash, .. }) => {
+                Some(ItemKind::File { rel, hash, .. } | ItemKind::Bundle { rel, hash, .. }) => {
                     self.spawn(async move {
                         io.file_from_peer(id, item, peer, &rel, hash, deadline)
                             .await
@@ -834,7 +922,9 @@ impl Job {
                         }
                     });
                 }
-                Some(ItemKind::File { rel, hash, len, .. }) => {
+                Some(
+                    ItemKind::File { rel, hash, len, .. } | ItemKind::Bundle { rel, hash, len },
+                ) => {
                     self.spawn(async move { io.file_from_dp(id, item, &rel, hash, len).await });
                 }
                 Some(ItemKind::Rdc { content, seed }) => {
@@ -860,11 +950,14 @@ impl Job {
                 }
                 _ => self.spawn(async move { vec![JobEvent::End(id, Outcome::NotFound)] }),
             },
-            Action::ItemUnavailable { item } => {
-                if let Some(ItemKind::Base { content, .. }) = self.items.get(&item).cloned() {
-                    self.base_unavailable(now(), content);
+            Action::ItemUnavailable { item } => match self.items.get(&item).cloned() {
+                Some(ItemKind::Base { content, .. }) => self.base_unavailable(now(), content),
+                Some(ItemKind::Bundle { rel, .. }) => {
+                    tracing::warn!("the DP could not give {rel}; getting its contents one by one");
+                    self.bundle_applied(now(), Ok(Applied::default()));
                 }
-            }
+                _ => {}
+            },
             Action::ProbeDp { id } => self.spawn(async move { io.probe(id).await }),
             Action::CopySeeds { content, units } => {
                 let Some(plan) = self.plan(content) else {

@@ -22,6 +22,7 @@
 //! Every content is checked against its BLAKE3 before it enters the cache,
 //! and a version is recorded only when all its contents are there.
 
+pub mod bundle;
 pub(crate) mod io;
 pub(crate) mod job;
 pub mod rdc;
@@ -100,6 +101,9 @@ pub struct GetSummary {
     pub rdc_contents: u64,
     /// Contents downloaded whole.
     pub whole_contents: u64,
+    /// Contents taken from the version's bundle (small changed contents,
+    /// patched against a version held, in one download).
+    pub bundle_contents: u64,
     /// Runs or contents that failed verification (and were refetched).
     pub hash_failures: u64,
     /// Wall time in seconds.

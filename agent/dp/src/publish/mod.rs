@@ -27,27 +27,34 @@
 //! 5. Plan needs lists against the previous versions (`protocol::publish`),
 //!    compute the missing ones, and keep those that save at least
 //!    `--min-saving` bytes over sending the whole file (a second batch).
+//!    Then one bundle per earlier version (up to `protocol::bundle::
+//!    BUNDLE_VERSIONS` back) of the small contents it lacks, patched
+//!    against their bases there (`bundles`).
 //! 6. Sync the filesystem (the renames), write the signed manifest into a new
 //!    version directory, rename it into place, then replace the signed index.
 //!    A reader never sees a partial version: until the rename there is no
 //!    version directory, and every file a manifest names is durable before it.
 
+mod bundles;
 mod needs;
 mod scan;
 mod store;
 mod version;
 
+use bundles::{BUNDLE_LEVEL, make_bundles};
 use needs::make_needs;
 use scan::{Scanned, find_contents, scan};
 use store::store_all;
-use version::{Previous, recover, write_new_version};
+use version::{Previous, previous_manifests, recover, write_new_version};
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use peerdelta_protocol::bundle::BUNDLE_VERSIONS;
 use peerdelta_protocol::manifest::PackageName;
+use peerdelta_protocol::publish::{NewFile, WINDOW};
 use peerdelta_protocol::rdc::LevelParams;
 use serde::Serialize;
 
@@ -113,6 +120,11 @@ pub struct PublishSummary {
     pub needs_lists_reused: u64,
     /// Needs lists not written because the whole file is about as cheap.
     pub needs_lists_skipped: u64,
+    /// Bundles made (one per earlier version whose receivers lack small
+    /// contents of this one).
+    pub bundles: u64,
+    /// Their bytes.
+    pub bundle_bytes: u64,
     /// Versions found complete but missing from the index, and added.
     pub recovered_versions: Vec<u64>,
     /// Wall time in seconds, in total and per phase.
@@ -124,6 +136,8 @@ pub struct PublishSummary {
     pub store_seconds: f64,
     /// Seconds computing needs lists.
     pub needs_seconds: f64,
+    /// Seconds computing bundles.
+    pub bundle_seconds: f64,
     /// Tree bytes per second over the whole publish, in MB/s.
     pub mb_per_s: f64,
 }
@@ -142,7 +156,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let files: Vec<&Scanned> = tree.iter().filter(|e| e.size.is_some()).collect();
     let total: u64 = files.iter().filter_map(|f| f.size).sum();
     tracing::info!(package = %opts.package, files = files.len(), bytes = total, "publishing {}", opts.source.display());
-    let previous = Previous::load(lib, &opts.package, index.as_ref(), &public)?;
+    let previous = Previous::load(lib, &opts.package, index.as_ref(), &public, WINDOW)?;
 
     let t = Instant::now();
     let found = find_contents(lib, &files, &previous, opts)?;
@@ -165,6 +179,26 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     )?;
     let needs_seconds = t.elapsed().as_secs_f64();
 
+    let t = Instant::now();
+    let earlier = previous_manifests(lib, &opts.package, index.as_ref(), &public, BUNDLE_VERSIONS)?;
+    let new_files: Vec<NewFile> = files
+        .iter()
+        .zip(&stored.hashes)
+        .map(|(f, h)| NewFile {
+            path: f.rel.clone(),
+            hash: *h,
+            size: f.size.unwrap_or(0),
+        })
+        .collect();
+    let bundles = make_bundles(
+        lib,
+        &new_files,
+        &earlier,
+        opts.threads,
+        if opts.pack_level > 0 { BUNDLE_LEVEL } else { 0 },
+    )?;
+    let bundle_seconds = t.elapsed().as_secs_f64();
+
     let version = write_new_version(
         lib,
         &key,
@@ -175,6 +209,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         &stored.hashes,
         &stored.sig_refs,
         needs.by_path,
+        bundles.refs.clone(),
         params,
     )?;
 
@@ -195,11 +230,14 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         needs_lists_written: needs.written,
         needs_lists_reused: needs.reused,
         needs_lists_skipped: needs.skipped,
+        bundles: bundles.refs.len() as u64,
+        bundle_bytes: bundles.bytes,
         recovered_versions: recovered,
         seconds,
         hash_seconds,
         store_seconds,
         needs_seconds,
+        bundle_seconds,
         mb_per_s: total as f64 / seconds.max(1e-9) / 1e6,
     };
     tracing::info!(package = %opts.package, version, new_bytes = stored.new_bytes, needs = needs.written, "published");

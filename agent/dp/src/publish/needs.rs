@@ -21,7 +21,7 @@ use peerdelta_store::util::par_map;
 
 use super::PublishOptions;
 use super::scan::Scanned;
-use super::store::{Stored, drop_lag, write_pack};
+use super::store::{Stored, drop_lag, pack_file};
 
 /// Level-1 signatures of a stored content.
 pub(super) fn level1(lib: &Library, hash: &ContentHash) -> anyhow::Result<Vec<Signature>> {
@@ -100,7 +100,15 @@ pub(super) fn needs_lists(
             let decoded = level1(lib, &target)?;
             Ok(cell.get_or_init(|| decoded))
         };
-        needs_step(lib, base, target, len_of(&target), opts.min_saving, sigs)
+        needs_step(
+            lib,
+            base,
+            target,
+            len_of(&target),
+            opts.min_saving,
+            opts.pack_level > 0,
+            sigs,
+        )
     })?;
 
     // The runs to hash, by target and by the piece (aligned MiB) each lies
@@ -183,7 +191,10 @@ pub(super) fn needs_lists(
                 .or_else(|| hashes.get(&(target, offset, len)).copied())
                 .context("a run that was not hashed")
         })?;
-        write_needs(staging, nf, opts)
+        let whole = stored
+            .get(&target)
+            .map_or(len_of(&target), |s| s.whole_download_bytes(len_of(&target)));
+        write_needs(staging, nf, whole, opts)
     })?;
     tracing::debug!(
         pairs = pairs.len(),
@@ -269,6 +280,7 @@ pub(super) fn needs_step<'a>(
     target: ContentHash,
     target_len: u64,
     min_saving: u64,
+    packs: bool,
     target_sigs: impl FnOnce() -> anyhow::Result<&'a [Signature]>,
 ) -> anyhow::Result<NeedsStep> {
     let rel = layout::needs(&base, &target);
@@ -288,31 +300,44 @@ pub(super) fn needs_step<'a>(
         // The base's signatures were pruned.
         return Ok(NeedsStep::Done(NeedsOutcome::NotWorth));
     }
+    if target_len < min_saving {
+        // It cannot save that much.
+        return Ok(NeedsStep::Done(NeedsOutcome::NotWorth));
+    }
     let needs = compare(target_sigs()?, &level1(lib, &base)?);
     let origin = summarize(&needs).source_bytes;
     let runs = needsfile::plan_runs(&needs);
-    // Each run costs about 40 bytes in the file.
-    if target_len
-        .saturating_sub(origin)
-        .saturating_sub(runs.len() as u64 * 40 + 128)
-        < min_saving
+    // Without packs, what RDC matched is what it saves (each run costs
+    // about 40 bytes in the file). With packs, the origin runs are
+    // compressed against the base, which finds far more than RDC's chunks
+    // in text edited throughout: the list is built and weighed whole
+    // (`write_needs`).
+    if !packs
+        && target_len
+            .saturating_sub(origin)
+            .saturating_sub(runs.len() as u64 * 40 + 128)
+            < min_saving
     {
         return Ok(NeedsStep::Done(NeedsOutcome::NotWorth));
     }
     Ok(NeedsStep::Build(runs))
 }
 
-/// Packs and writes a needs list whose runs are hashed.
+/// Packs and writes a needs list whose runs are hashed, if its download
+/// (the list, then the pack or the raw origin runs) saves at least
+/// `--min-saving` bytes over the target's whole download (`whole`).
 pub(super) fn write_needs(
     staging: &Staging<'_>,
     mut nf: NeedsFile,
+    whole: u64,
     opts: &PublishOptions,
 ) -> anyhow::Result<NeedsOutcome> {
     let lib = staging.library();
+    let mut packed = None;
     if opts.pack_level > 0 {
         let content = FileSource::open(&lib.path(&layout::content(&nf.target)))?;
         let base_content = FileSource::open(&lib.path(&layout::content(&nf.base)))?;
-        nf.pack = write_pack(
+        packed = pack_file(
             staging,
             &nf,
             &content,
@@ -320,15 +345,27 @@ pub(super) fn write_needs(
             opts.pack_level,
             opts.threads,
         )?;
+        nf.pack = packed.as_ref().map(|(p, _)| p.clone());
     }
     let bytes = nf.encode();
-    staging.write_new(&layout::needs(&nf.base, &nf.target), &bytes)?;
-    Ok(NeedsOutcome::Written(NeedsInfo {
+    let info = NeedsInfo {
         file_hash: ContentHash::of(&bytes),
         file_len: bytes.len() as u64,
         origin_bytes: nf.origin_bytes(),
-        pack_len: nf.pack.map(|p| p.len),
-    }))
+        pack_len: nf.pack.as_ref().map(|p| p.len),
+    };
+    let download = info.file_len + info.pack_len.unwrap_or(info.origin_bytes);
+    if download.saturating_add(opts.min_saving) > whole {
+        if let Some((_, tmp)) = packed {
+            let _ = fs::remove_file(tmp);
+        }
+        return Ok(NeedsOutcome::NotWorth);
+    }
+    if let Some((_, tmp)) = packed {
+        staging.add(tmp, layout::pack(&nf.base, &nf.target));
+    }
+    staging.write_new(&layout::needs(&nf.base, &nf.target), &bytes)?;
+    Ok(NeedsOutcome::Written(info))
 }
 
 /// The hash of the run `offset..offset + len` of a content of `len_all`

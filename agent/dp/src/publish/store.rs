@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use anyhow::{Context, bail};
@@ -58,6 +58,13 @@ pub(super) struct Stored {
     pub(super) sig: SigRef,
     pub(super) pieces: Option<PiecesRef>,
     pub(super) zst_len: Option<u64>,
+}
+
+impl Stored {
+    /// Bytes a whole download of the content (of `size` bytes) takes.
+    pub(super) fn whole_download_bytes(&self, size: u64) -> u64 {
+        peerdelta_protocol::getplan::whole_download_bytes(size, self.pieces.as_ref(), self.zst_len)
+    }
 }
 
 /// The signature and pieces references of a content the library already
@@ -428,7 +435,10 @@ where
             },
         )
         .context("hashing pieces")?;
-    nf.pack = write_pack(staging, &nf, content, None, level, threads)?;
+    if let Some((pack, tmp)) = pack_file(staging, &nf, content, None, level, threads)? {
+        staging.add(tmp, layout::pack(&nf.base, &nf.target));
+        nf.pack = Some(pack);
+    }
     let bytes = nf.encode();
     staging.write_new(&layout::needs(&ContentHash::EMPTY, hash), &bytes)?;
     Ok(Some(PiecesRef {
@@ -438,15 +448,16 @@ where
     }))
 }
 
-/// Compresses the origin runs of `nf` into its pack file, if worth it.
-pub(super) fn write_pack<R>(
+/// Compresses the origin runs of `nf` into a pack file, if worth it: the
+/// pack and the temporary file holding it, for the caller to stage.
+pub(super) fn pack_file<R>(
     staging: &Staging<'_>,
     nf: &NeedsFile,
     content: &R,
     base: Option<&FileSource>,
     level: i32,
     threads: usize,
-) -> anyhow::Result<Option<Pack>>
+) -> anyhow::Result<Option<(Pack, PathBuf)>>
 where
     R: ReadAt + ?Sized,
     R::Error: std::error::Error + Send + Sync + 'static,
@@ -456,10 +467,7 @@ where
     }
     let tmp = staging.library().tmp_path("pack");
     let pack = peerdelta_store::pack::build(nf, content, base, &tmp, level, threads)?;
-    if pack.is_some() {
-        staging.add(tmp, layout::pack(&nf.base, &nf.target));
-    }
-    Ok(pack)
+    Ok(pack.map(|p| (p, tmp)))
 }
 
 /// What storing gave: every content's library references, the contents

@@ -8,11 +8,11 @@ use std::io::ErrorKind;
 
 use anyhow::{Context, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use peerdelta_protocol::bundle::BUNDLE_VERSIONS;
 use peerdelta_protocol::manifest::{
-    self, Entry, EntryKind, FileEntry, IndexEntry, MANIFEST_MAGIC, Manifest, ManifestDelta,
-    NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath,
+    self, BundleRef, Entry, EntryKind, FileEntry, IndexEntry, MANIFEST_MAGIC, Manifest,
+    ManifestDelta, NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath,
 };
-use peerdelta_protocol::publish::WINDOW;
 use peerdelta_protocol::rdc::LevelParams;
 use peerdelta_protocol::{ContentHash, layout};
 
@@ -86,18 +86,19 @@ pub(super) fn recover(
     Ok((index, recovered))
 }
 
-/// The newest [`WINDOW`] manifests of the package.
+/// The newest `depth` manifests of the package, newest first.
 pub(super) fn previous_manifests(
     lib: &Library,
     package: &PackageName,
     index: Option<&PackageIndex>,
     key: &VerifyingKey,
+    depth: usize,
 ) -> anyhow::Result<Vec<Manifest>> {
     let Some(index) = index else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for e in index.versions.iter().rev().take(WINDOW) {
+    for e in index.versions.iter().rev().take(depth) {
         out.push(lib.manifest(package, e.version, key)?.0);
     }
     Ok(out)
@@ -213,10 +214,11 @@ impl Previous {
         package: &PackageName,
         index: Option<&PackageIndex>,
         public: &VerifyingKey,
+        depth: usize,
     ) -> anyhow::Result<Previous> {
         // Previous versions: their signature references can be reused, and a
         // large file that one of them holds is recognised by its runs.
-        let manifests = previous_manifests(lib, package, index, public)?;
+        let manifests = previous_manifests(lib, package, index, public, depth)?;
         let mut known: HashMap<ContentHash, Stored> = HashMap::new();
         let mut held_by_size: HashMap<u64, Vec<(ContentHash, Option<PiecesRef>)>> = HashMap::new();
         for m in &manifests {
@@ -257,6 +259,7 @@ pub(super) fn write_new_version(
     hashes: &[ContentHash],
     sig_refs: &HashMap<ContentHash, Stored>,
     mut needs_by_path: HashMap<RelPath, Vec<NeedsRef>>,
+    bundles: Vec<BundleRef>,
     params: LevelParams,
 ) -> anyhow::Result<u64> {
     let version = index
@@ -298,6 +301,7 @@ pub(super) fn write_new_version(
         published_ms: now_ms(),
         params,
         entries,
+        bundles,
     };
     manifest
         .validate()
@@ -310,7 +314,9 @@ pub(super) fn write_new_version(
             i.versions
                 .iter()
                 .rev()
-                .take(WINDOW)
+                // As far back as the bundles: a receiver that far behind
+                // gets the manifest as a delta too.
+                .take(BUNDLE_VERSIONS)
                 .map(|e| e.version)
                 .collect()
         })

@@ -1,0 +1,176 @@
+//! Step 5b of a publish: bundles of the new version's small contents, one
+//! per earlier version up to [`BUNDLE_VERSIONS`] back
+//! (`protocol::bundle`). Each content of at most [`MAX_TARGET`] bytes the
+//! earlier version lacks is patched against the base the needs lists would
+//! use there (`protocol::publish::plan_needs`: the same path, or the file
+//! it moved from), or compressed alone when that is smaller or there is no
+//! base. A pair's patch is computed once for all the bundles it is in.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+
+use anyhow::Context;
+use peerdelta_protocol::bundle::{
+    BUNDLE_VERSIONS, Bundle, BundleEntry, MAX_BASE, MAX_BUNDLE, MAX_ENTRIES, MAX_TARGET,
+};
+use peerdelta_protocol::manifest::{BundleRef, Manifest};
+use peerdelta_protocol::publish::{NewFile, plan_needs};
+use peerdelta_protocol::{ContentHash, layout};
+use peerdelta_store::pack::compress;
+use peerdelta_store::util::par_map;
+
+use crate::library::{Library, Staging};
+
+use super::needs::traits;
+
+/// zstd level of bundle entries: they are small, and every receiver of
+/// the version downloads them.
+pub(super) const BUNDLE_LEVEL: i32 = 19;
+
+/// A base, with its size.
+type Base = Option<(ContentHash, u64)>;
+
+/// What the bundles of a version came to.
+pub(super) struct BundlesMade {
+    /// The manifest's references, oldest first.
+    pub(super) refs: Vec<BundleRef>,
+    /// Bytes of the bundle files.
+    pub(super) bytes: u64,
+}
+
+/// Makes the bundles of the version whose files are `new`, against the
+/// `earlier` versions (newest first; at most [`BUNDLE_VERSIONS`] used).
+/// `level` 0 makes none (like packs).
+pub(super) fn make_bundles(
+    lib: &Library,
+    new: &[NewFile],
+    earlier: &[Manifest],
+    threads: usize,
+    level: i32,
+) -> anyhow::Result<BundlesMade> {
+    let mut made = BundlesMade {
+        refs: Vec::new(),
+        bytes: 0,
+    };
+    if level <= 0 {
+        return Ok(made);
+    }
+    let sizes: HashMap<ContentHash, u64> = new.iter().map(|f| (f.hash, f.size)).collect();
+    // Per earlier version: target -> base (if any).
+    let mut wanted: Vec<(u64, BTreeMap<ContentHash, Base>)> = Vec::new();
+    let mut traits_of = |h: &ContentHash| traits(lib, h).ok().flatten();
+    for old in earlier.iter().take(BUNDLE_VERSIONS) {
+        let held: HashSet<ContentHash> = old.files().map(|(_, f)| f.hash).collect();
+        let mut targets: BTreeMap<ContentHash, Base> = new
+            .iter()
+            .filter(|f| f.size > 0 && f.size <= MAX_TARGET && !held.contains(&f.hash))
+            .map(|f| (f.hash, None))
+            .collect();
+        for p in plan_needs(new, &[old], &mut traits_of) {
+            if p.base_len > 0
+                && p.base_len <= MAX_BASE
+                && lib.has(&layout::content(&p.base))
+                && let Some(slot) = targets.get_mut(&p.target)
+            {
+                slot.get_or_insert((p.base, p.base_len));
+            }
+        }
+        if !targets.is_empty() {
+            wanted.push((old.version, targets));
+        }
+    }
+    // Every distinct (target, base) once.
+    let pairs: Vec<(ContentHash, Base)> = wanted
+        .iter()
+        .flat_map(|(_, t)| t.iter().map(|(k, v)| (*k, *v)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let read = |h: &ContentHash| -> anyhow::Result<Vec<u8>> {
+        let p = lib.path(&layout::content(h));
+        fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let alone: BTreeMap<ContentHash, Vec<u8>> = {
+        let targets: Vec<ContentHash> = pairs
+            .iter()
+            .map(|p| p.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let out = par_map(&targets, threads, |h| {
+            Ok((*h, compress(&read(h)?, None, level)?))
+        })?;
+        out.into_iter().collect()
+    };
+    let patched = par_map(&pairs, threads, |(target, base)| {
+        let Some((b, _)) = base else {
+            return Ok(None);
+        };
+        let data = compress(&read(target)?, Some(&read(b)?), level)?;
+        Ok(Some(data))
+    })?;
+    let mut best: HashMap<(ContentHash, Base), BundleEntry> = HashMap::new();
+    for ((target, base), patch) in pairs.iter().zip(patched) {
+        let target_len = sizes.get(target).copied().unwrap_or(0);
+        let alone_data = alone.get(target).context("a target not compressed")?;
+        let entry = match patch {
+            Some(p) if p.len() < alone_data.len() => BundleEntry {
+                target: *target,
+                target_len,
+                base: *base,
+                data: p,
+            },
+            _ => BundleEntry {
+                target: *target,
+                target_len,
+                base: None,
+                data: alone_data.clone(),
+            },
+        };
+        best.insert((*target, *base), entry);
+    }
+    let staging = Staging::new(lib);
+    for (from, targets) in wanted {
+        let mut entries: Vec<BundleEntry> = targets
+            .iter()
+            .filter_map(|(t, b)| best.get(&(*t, *b)).cloned())
+            .collect();
+        // Within the size limits: the largest entries go their usual way.
+        let mut by_size: Vec<usize> = (0..entries.len()).collect();
+        by_size.sort_by_key(|&i| entries[i].data.len());
+        let (mut total, mut keep) = (64usize, HashSet::new());
+        for i in by_size {
+            let len = entries[i].data.len() + 64;
+            if total + len > MAX_BUNDLE || keep.len() >= MAX_ENTRIES {
+                break;
+            }
+            total += len;
+            keep.insert(entries[i].target);
+        }
+        entries.retain(|e| keep.contains(&e.target));
+        if entries.is_empty() {
+            continue;
+        }
+        let bundle = Bundle {
+            from,
+            to: earlier.first().map_or(1, |m| m.version + 1),
+            entries,
+        };
+        bundle.validate().context("an inconsistent bundle")?;
+        let bytes = bundle.encode();
+        let hash = ContentHash::of(&bytes);
+        let rel = layout::bundle(&hash);
+        if !lib.has(&rel) {
+            staging.write_new(&rel, &bytes)?;
+        }
+        made.bytes += bytes.len() as u64;
+        made.refs.push(BundleRef {
+            from,
+            hash,
+            len: bytes.len() as u64,
+        });
+    }
+    staging.commit()?;
+    made.refs.sort_by_key(|r| r.from);
+    Ok(made)
+}
