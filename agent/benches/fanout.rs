@@ -13,6 +13,7 @@
 //! from each other while it works) keeps 8 agents close to 1. Target: 8
 //! agents <= 1.5 x 1 agent.
 
+use peerdelta_protocol::publish::FAR_VERSIONS;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -75,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             threads: cores(),
             progress: false,
             pack_level: 9,
+            far_versions: FAR_VERSIONS,
         },
     )?;
     std::fs::remove_dir_all(&src)?;

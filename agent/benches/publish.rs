@@ -7,6 +7,7 @@
 //! the full size. `PEERDELTA_PACK_LEVEL` sets the packs' zstd level (0: no
 //! packs; default 3), `PEERDELTA_SERIES=bin,image` runs only those series.
 
+use peerdelta_protocol::publish::FAR_VERSIONS;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -108,6 +109,7 @@ fn main() -> anyhow::Result<()> {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(3),
+                far_versions: FAR_VERSIONS,
             };
             let s = publish(&lib, &opts)?;
             totals.0 += s.bytes;

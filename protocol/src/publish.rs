@@ -1,7 +1,9 @@
 //! Which needs lists a new version gets: the publisher's decisions, kept pure.
 //!
 //! For every file of version `n` and each of the previous versions (at most
-//! [`WINDOW`], ConfigMgr BDR's window), the base is:
+//! [`WINDOW`], ConfigMgr BDR's window; further back, up to the publisher's
+//! `far` versions, for contents of at most [`FAR_MAX`] bytes, so that a
+//! receiver that far behind gets one delta too, never a chain), the base is:
 //!
 //! 1. nothing, if the receiver holding that version already has the content
 //!    (same hash anywhere in it: unchanged, renamed, moved or copied);
@@ -27,6 +29,12 @@ pub use crate::layout::WINDOW;
 pub const MIN_TRAIT_MATCHES: usize = 4;
 /// Most candidates compared for one moved file (the closest in size).
 pub const MAX_CANDIDATES: usize = 256;
+/// Largest content that gets needs lists from versions behind the window
+/// (larger ones cost the publisher too much per version: a receiver that
+/// far behind uses client-side RDC for them).
+pub const FAR_MAX: u64 = 256 << 20;
+/// Versions back that get needs lists by default (see [`FAR_MAX`]).
+pub const FAR_VERSIONS: usize = crate::bundle::BUNDLE_VERSIONS;
 
 /// A file of the version being published.
 #[derive(Debug, Clone)]
@@ -54,23 +62,25 @@ pub struct NeedsPlan {
     pub base_versions: Vec<u64>,
 }
 
-/// Plans the needs lists of `new` against `previous` (any order; at most the
-/// newest [`WINDOW`] are used). `traits` gives the similarity traits of a
+/// Plans the needs lists of `new` against `previous` (any order; the newest
+/// [`WINDOW`] for every file, and for contents of at most [`FAR_MAX`] bytes
+/// the newest `far` in all). `traits` gives the similarity traits of a
 /// content (the publisher computes them from stored signatures, on demand).
 pub fn plan_needs(
     new: &[NewFile],
     previous: &[&Manifest],
+    far: usize,
     traits: &mut dyn FnMut(&ContentHash) -> Option<Traits>,
 ) -> Vec<NeedsPlan> {
     let mut window: Vec<&Manifest> = previous.to_vec();
     window.sort_by_key(|m| std::cmp::Reverse(m.version));
-    window.truncate(WINDOW);
+    window.truncate(far.max(WINDOW));
     let new_paths: HashSet<&RelPath> = new.iter().map(|f| &f.path).collect();
     // (path, target, base) -> (base_len, versions)
     let mut plans: BTreeMap<(RelPath, ContentHash, ContentHash), (u64, Vec<u64>)> = BTreeMap::new();
     let mut cache: HashMap<ContentHash, Option<Traits>> = HashMap::new();
     let mut traits_of = |h: &ContentHash| *cache.entry(*h).or_insert_with(|| traits(h));
-    for old in &window {
+    for (depth, old) in window.iter().enumerate() {
         let held: HashSet<ContentHash> = old.files().map(|(_, f)| f.hash).collect();
         // Files of the old version no longer at their path: where moved files came from.
         let vacated: Vec<(&RelPath, ContentHash, u64)> = old
@@ -79,7 +89,7 @@ pub fn plan_needs(
             .map(|(e, f)| (&e.path, f.hash, f.size))
             .collect();
         for f in new {
-            if held.contains(&f.hash) {
+            if held.contains(&f.hash) || (depth >= WINDOW && f.size > FAR_MAX) {
                 continue;
             }
             let base = match old.file(&f.path) {
@@ -231,7 +241,7 @@ mod tests {
             }
             Some(Traits(t))
         };
-        let plans = plan_needs(&files, &[&v1, &v2], &mut traits);
+        let plans = plan_needs(&files, &[&v1, &v2], WINDOW, &mut traits);
         let got: Vec<(&str, ContentHash, Vec<u64>)> = plans
             .iter()
             .map(|p| (p.path.as_str(), p.base, p.base_versions.clone()))
@@ -252,7 +262,7 @@ mod tests {
             .map(|v| manifest(v, &[("f", &format!("v{v}"))]))
             .collect();
         let refs: Vec<&Manifest> = olds.iter().collect();
-        let plans = plan_needs(&new(&[("f", "v7")]), &refs, &mut |_| None);
+        let plans = plan_needs(&new(&[("f", "v7")]), &refs, WINDOW, &mut |_| None);
         let mut versions: Vec<u64> = plans.iter().flat_map(|p| p.base_versions.clone()).collect();
         versions.sort_unstable();
         assert_eq!(versions, vec![3, 4, 5, 6]);

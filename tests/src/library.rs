@@ -22,9 +22,15 @@ pub fn init_library(dir: &Path) -> PathBuf {
 
 /// `peerdelta dp publish --json`: the summary.
 pub fn publish(lib: &Path, package: &str, src: &Path) -> serde_json::Value {
+    publish_with(lib, package, src, &[])
+}
+
+/// `peerdelta dp publish --json` with more arguments: the summary.
+pub fn publish_with(lib: &Path, package: &str, src: &Path, args: &[&str]) -> serde_json::Value {
     let out = run_ok(
         peerdelta(["dp", "publish", "--json", "--package", package, "--library"])
             .arg(lib)
+            .args(args)
             .arg(src),
     );
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("publish summary {out:?}: {e}"))
@@ -43,13 +49,18 @@ pub struct Series {
 
 /// Publishes the series.
 pub fn published_series() -> Series {
+    published_series_with(&[])
+}
+
+/// Publishes the series with more `dp publish` arguments.
+pub fn published_series_with(args: &[&str]) -> Series {
     let dir = tempfile::tempdir().unwrap();
     let lib = init_library(dir.path());
     let trees = versions();
     for (k, t) in trees.iter().enumerate() {
         let src = dir.path().join(format!("src{}", k + 1));
         write_tree(&src, t);
-        let s = publish(&lib, "app", &src);
+        let s = publish_with(&lib, "app", &src, args);
         assert_eq!(s["version"], (k + 1) as u64);
     }
     Series { dir, lib, trees }

@@ -14,7 +14,7 @@ use peerdelta_protocol::{ContentHash, layout};
 use peerdelta_tests::fixtures::{Tree, text, write_tree};
 use peerdelta_tests::library::{
     Series, assert_same_tree, init_library, key_file, library_index, library_manifest, metric,
-    publish, published_series, read_out_tree,
+    publish, published_series, published_series_with, read_out_tree,
 };
 use peerdelta_tests::nginx::{Nginx, free_port, nginx_binary};
 use peerdelta_tests::{
@@ -818,7 +818,8 @@ fn a_full_disk_fails_cleanly_and_records_nothing_half_written() {
 
 #[test]
 fn a_receiver_five_versions_behind_uses_client_side_rdc() {
-    let s = published_series();
+    // Needs lists reach only the window back: v1 is too far for v6's.
+    let s = published_series_with(&["--far-versions", "4"]);
     let server = DpServer::start(&s.lib);
     let url = server.url();
     let cache = s.dir.path().join("cache");
@@ -913,4 +914,56 @@ fn a_damaged_bundle_costs_bytes_never_the_update() {
         fs::write(&path, saved).unwrap();
     }
     run_ok(peerdelta(["dp", "verify", "--full", "--library"]).arg(&s.lib));
+}
+
+#[test]
+fn a_receiver_five_versions_behind_gets_one_delta_by_default() {
+    // By default large files get needs lists from 16 versions back: a
+    // receiver holding v1 rebuilds v6's big file with one needs list from
+    // v1 (never a chain), and its small files from one bundle.
+    let s = published_series();
+    let server = DpServer::start(&s.lib);
+    let url = server.url();
+    let cache = s.dir.path().join("cache");
+    run_ok(get_cmd(&url, &s.lib, &cache).args(["--version", "1"]));
+    let (m6, _) = library_manifest(&s.lib, "app", 6);
+    let (m1, _) = library_manifest(&s.lib, "app", 1);
+    let held: HashSet<ContentHash> = m1.files().map(|(_, f)| f.hash).collect();
+    let p0 = metric(&server.addr, PAYLOAD);
+    let out = s.dir.path().join("out");
+    let summary = json(&run_ok(
+        get_cmd(&url, &s.lib, &cache)
+            .args(["--version", "6", "--out"])
+            .arg(&out),
+    ));
+    let fetched = metric(&server.addr, PAYLOAD) - p0;
+    assert_same_tree(&read_out_tree(&out), &s.trees[5], "v6 from v1");
+    assert_eq!(summary["rdc_contents"], 0, "{summary}");
+    assert!(
+        summary["delta_contents"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    assert!(
+        m6.files()
+            .any(|(e, f)| e.path.as_str() == "big.bin"
+                && f.needs.iter().any(|n| n.base_versions == [1])),
+        "big.bin has a needs list from v1"
+    );
+    // Exactly what the plan says, with the bundle from v1.
+    let index = library_index(&s.lib, "app");
+    let manifest = index.0.get(6).unwrap().manifest_fetch(|v| v == 1).len();
+    let want = index.1
+        + manifest
+        + getplan::download_bytes_with_bundle(
+            &m6,
+            |h| held.contains(h),
+            |v| v == 1,
+            |b| {
+                let bytes = fs::read(s.lib.join(layout::bundle(&b.hash))).ok()?;
+                let bundle = peerdelta_protocol::bundle::decode(&bytes).ok()?;
+                Some(bundle.entries.iter().map(|e| e.target).collect())
+            },
+        );
+    assert_eq!(fetched, want, "{summary}");
+    eprintln!("v1 -> v6: {fetched} B from the DP, {summary}");
 }

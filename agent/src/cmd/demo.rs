@@ -5,6 +5,7 @@
 //! then v2. The DP's own counters show what crossed the "WAN": one download
 //! per subnet, and for v2 only the delta.
 
+use peerdelta_protocol::publish::FAR_VERSIONS;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -173,6 +174,7 @@ async fn demo(dir: &Path, len: usize, n: usize) -> anyhow::Result<()> {
             threads,
             progress: false,
             pack_level: 9,
+            far_versions: FAR_VERSIONS,
         };
         let s = tokio::task::spawn_blocking(move || publish(&lib2, &opts))
             .await

@@ -1,5 +1,6 @@
 //! `peerdelta dp …`: the distribution point's commands.
 
+use peerdelta_protocol::publish::FAR_VERSIONS;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +116,11 @@ pub struct PublishArgs {
     /// compressed against the base; 0 disables packs.
     #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(i32).range(0..=22))]
     pack_level: i32,
+    /// Versions back that get needs lists for files of at most 256 MiB
+    /// (at least the 4 of the window): a receiver that far behind gets one
+    /// delta instead of client-side RDC, at some publish time per version.
+    #[arg(long, default_value_t = FAR_VERSIONS as u16, value_parser = clap::value_parser!(u16).range(4..=64))]
+    far_versions: u16,
     #[command(flatten)]
     validity: ValidityArgs,
 }
@@ -264,6 +270,7 @@ pub fn run(cmd: DpCommand) -> anyhow::Result<()> {
                 threads: a.threads.map_or_else(cores, |t| t as usize),
                 progress: !a.quiet && !a.json,
                 pack_level: a.pack_level,
+                far_versions: usize::from(a.far_versions),
             };
             let s = publish::publish(&lib, &opts)?;
             if a.json {

@@ -66,7 +66,7 @@ pub(super) fn make_bundles(
             .filter(|f| f.size > 0 && f.size <= MAX_TARGET && !held.contains(&f.hash))
             .map(|f| (f.hash, None))
             .collect();
-        for p in plan_needs(new, &[old], &mut traits_of) {
+        for p in plan_needs(new, &[old], 1, &mut traits_of) {
             if p.base_len > 0
                 && p.base_len <= MAX_BASE
                 && lib.has(&layout::content(&p.base))

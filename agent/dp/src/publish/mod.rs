@@ -45,7 +45,7 @@ use bundles::{BUNDLE_LEVEL, make_bundles};
 use needs::make_needs;
 use scan::{Scanned, find_contents, scan};
 use store::store_all;
-use version::{Previous, previous_manifests, recover, write_new_version};
+use version::{Previous, recover, write_new_version};
 #[cfg(test)]
 mod tests;
 
@@ -76,6 +76,10 @@ pub struct PublishOptions {
     /// zstd level of the packs of needs lists (0: no packs). Pieces packs
     /// (whole contents) use at most [`PIECES_LEVEL`], for publish speed.
     pub pack_level: i32,
+    /// Versions back that get needs lists for contents of at most
+    /// `protocol::publish::FAR_MAX` bytes (at least the window;
+    /// `protocol::publish::FAR_VERSIONS` by default).
+    pub far_versions: usize,
 }
 
 /// zstd level of whole-content packs (fast; they are large).
@@ -156,7 +160,8 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let files: Vec<&Scanned> = tree.iter().filter(|e| e.size.is_some()).collect();
     let total: u64 = files.iter().filter_map(|f| f.size).sum();
     tracing::info!(package = %opts.package, files = files.len(), bytes = total, "publishing {}", opts.source.display());
-    let previous = Previous::load(lib, &opts.package, index.as_ref(), &public, WINDOW)?;
+    let depth = opts.far_versions.max(BUNDLE_VERSIONS).max(WINDOW);
+    let previous = Previous::load(lib, &opts.package, index.as_ref(), &public, depth)?;
 
     let t = Instant::now();
     let found = find_contents(lib, &files, &previous, opts)?;
@@ -180,7 +185,6 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let needs_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let earlier = previous_manifests(lib, &opts.package, index.as_ref(), &public, BUNDLE_VERSIONS)?;
     let new_files: Vec<NewFile> = files
         .iter()
         .zip(&stored.hashes)
@@ -193,7 +197,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
     let bundles = make_bundles(
         lib,
         &new_files,
-        &earlier,
+        &previous.manifests,
         opts.threads,
         if opts.pack_level > 0 { BUNDLE_LEVEL } else { 0 },
     )?;

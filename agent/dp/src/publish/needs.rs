@@ -463,7 +463,7 @@ pub(super) fn make_needs(
         })
         .collect();
     let prev_refs: Vec<&Manifest> = previous.iter().collect();
-    let plans = plan_needs(&new_files, &prev_refs, &mut |h| {
+    let plans = plan_needs(&new_files, &prev_refs, opts.far_versions, &mut |h| {
         traits(lib, h).ok().flatten()
     });
     let mut pairs: BTreeMap<(ContentHash, ContentHash), u64> = BTreeMap::new();
