@@ -704,3 +704,23 @@ fn an_optional_item_the_dp_cannot_give_is_unavailable_not_a_failure() {
         assert!(!t.is_failed());
     }
 }
+
+#[test]
+fn a_non_master_takes_an_optional_item_only_from_a_peer_that_has_it() {
+    let now = Timestamp(0);
+    let mut t: Transfer<u32> = Transfer::new(Config::default(), false, now);
+    t.handle_peer(now, 3);
+    let bundle = ItemId(5);
+    t.add_item_from(now, bundle, ItemFrom::Optional);
+    let id = match t.poll_action() {
+        Some(Action::ItemFromPeer { id, item, .. }) if item == bundle => id,
+        other => panic!("expected the item asked of the peer, got {other:?}"),
+    };
+    t.handle_request_end(now, id, Outcome::NotFound);
+    let rest: Vec<_> = std::iter::from_fn(|| t.poll_action()).collect();
+    assert_eq!(
+        rest,
+        vec![Action::ItemUnavailable { item: bundle }],
+        "no waiting for it, no DP"
+    );
+}

@@ -498,9 +498,11 @@ pub enum ItemFrom {
     PeersOnly,
     /// The DP only (what only the DP can make, e.g. client-side RDC).
     DpOnly,
-    /// Peers first, then the DP, but worth no failure: when the DP's copy
-    /// does not verify or is not there, [`Action::ItemUnavailable`] (a
-    /// bundle: its contents then come their usual way).
+    /// Peers first, then the DP, but worth no failure and no wait: when
+    /// the DP's copy does not verify or is not there, or, for an agent that
+    /// may not use the DP, when no peer has it, [`Action::ItemUnavailable`]
+    /// (a bundle: its contents then come their usual way, from the peers
+    /// that built them).
     Optional,
 }
 

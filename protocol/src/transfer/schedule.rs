@@ -382,7 +382,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Transfer<P> {
                         && !p.lacks.contains_key(&item)
                         && !(self.may_use_dp() && p.busy_until.is_some())
                 });
-            if from == ItemFrom::PeersOnly {
+            // An optional item is worth no wait: an agent that may not use
+            // the DP takes it only from a peer that has it now.
+            let peers_only = from == ItemFrom::PeersOnly
+                || (from == ItemFrom::Optional && !(self.master || self.stalled));
+            if peers_only {
                 if asked == 0 && !peers_left {
                     // Nobody has it: the driver goes on without it.
                     if let Some(i) = self.items.get_mut(&item)

@@ -22,8 +22,15 @@ pub struct Applied {
     pub contents: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Entries that did not give their content (skipped).
+    /// Entries whose bytes did not give their content (skipped).
     pub failed: u64,
+}
+
+/// How one entry went.
+enum Entry {
+    Stored,
+    /// Its base is not in the cache (collected): got its usual way.
+    NoBase,
 }
 
 /// Applies the bundle `bytes` (already checked against the manifest's
@@ -40,10 +47,11 @@ pub fn apply(
             continue;
         }
         match apply_entry(cache, e) {
-            Ok(()) => {
+            Ok(Entry::Stored) => {
                 out.contents += 1;
                 out.bytes += e.target_len;
             }
+            Ok(Entry::NoBase) => {}
             Err(err) => {
                 out.failed += 1;
                 tracing::warn!(content = %e.target, "a bundle entry did not give its content ({err:#}); getting it its usual way");
@@ -53,8 +61,9 @@ pub fn apply(
     Ok(out)
 }
 
-fn apply_entry(cache: &Cache, e: &bundle::BundleEntry) -> anyhow::Result<()> {
+fn apply_entry(cache: &Cache, e: &bundle::BundleEntry) -> anyhow::Result<Entry> {
     let base = match e.base {
+        Some((h, _)) if !cache.has(&h) => return Ok(Entry::NoBase),
         Some((h, len)) => {
             let path = cache.content_path(&h);
             let data = std::fs::read(&path).with_context(|| format!("reading the base {h}"))?;
@@ -91,5 +100,5 @@ fn apply_entry(cache: &Cache, e: &bundle::BundleEntry) -> anyhow::Result<()> {
     };
     let r = write();
     let _ = std::fs::remove_file(&tmp);
-    r
+    r.map(|()| Entry::Stored)
 }
