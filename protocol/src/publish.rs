@@ -8,11 +8,11 @@
 //! 1. nothing, if the receiver holding that version already has the content
 //!    (same hash anywhere in it: unchanged, renamed, moved or copied);
 //! 2. else the content at the same path in that version, if there is one;
-//! 3. else, for a file that moved or was renamed *with* changes, the most
-//!    similar file of that version that is no longer at its path in version
-//!    `n`: similarity traits matched (MS-RDC 3.1.5.4), plus the same file name
-//!    and a close size as tie-breakers. Below [`MIN_TRAIT_MATCHES`] the file is
-//!    treated as new.
+//! 3. else, for a file at a new path (moved, renamed, split off or copied
+//!    *with* changes), the most similar file anywhere in that version:
+//!    similarity traits matched (MS-RDC 3.1.5.4), then a file no longer at
+//!    its path in version `n`, the same file name and a close size as
+//!    tie-breakers. Below [`MIN_TRAIT_MATCHES`] the file is treated as new.
 //!
 //! The same (base, target) pair is one needs list whatever the versions or
 //! paths it serves.
@@ -82,11 +82,17 @@ pub fn plan_needs(
     let mut traits_of = |h: &ContentHash| *cache.entry(*h).or_insert_with(|| traits(h));
     for (depth, old) in window.iter().enumerate() {
         let held: HashSet<ContentHash> = old.files().map(|(_, f)| f.hash).collect();
-        // Files of the old version no longer at their path: where moved files came from.
-        let vacated: Vec<(&RelPath, ContentHash, u64)> = old
+        // Every file of the old version, and whether it left its path (where
+        // a moved file came from; a file split in two or copied and edited
+        // comes from one still there).
+        let candidates: Vec<Candidate<'_>> = old
             .files()
-            .filter(|(e, _)| !new_paths.contains(&e.path))
-            .map(|(e, f)| (&e.path, f.hash, f.size))
+            .map(|(e, f)| Candidate {
+                path: &e.path,
+                hash: f.hash,
+                size: f.size,
+                vacated: !new_paths.contains(&e.path),
+            })
             .collect();
         for f in new {
             if held.contains(&f.hash) || (depth >= WINDOW && f.size > FAR_MAX) {
@@ -94,7 +100,7 @@ pub fn plan_needs(
             }
             let base = match old.file(&f.path) {
                 Some(b) => Some((b.hash, b.size)),
-                None => most_similar(f, &vacated, &mut traits_of),
+                None => most_similar(f, &candidates, &mut traits_of),
             };
             if let Some((base, base_len)) = base {
                 let slot = plans
@@ -119,31 +125,44 @@ pub fn plan_needs(
         .collect()
 }
 
-/// The vacated file most similar to `f`, if similar enough.
+/// A file of an earlier version a new file may start from.
+struct Candidate<'a> {
+    path: &'a RelPath,
+    hash: ContentHash,
+    size: u64,
+    /// No longer at its path in the new version.
+    vacated: bool,
+}
+
+/// The file of the earlier version most similar to `f` (a new path), if
+/// similar enough: the most equal traits, then one that left its path, then
+/// the same file name, then the closest size.
 fn most_similar(
     f: &NewFile,
-    vacated: &[(&RelPath, ContentHash, u64)],
+    all: &[Candidate<'_>],
     traits_of: &mut dyn FnMut(&ContentHash) -> Option<Traits>,
 ) -> Option<(ContentHash, u64)> {
     let mine = traits_of(&f.hash)?;
-    let mut candidates: Vec<&(&RelPath, ContentHash, u64)> = vacated.iter().collect();
-    candidates.sort_by_key(|(_, _, size)| size.abs_diff(f.size));
+    let mut candidates: Vec<&Candidate<'_>> = all.iter().collect();
+    candidates.sort_by_key(|c| c.size.abs_diff(f.size));
     candidates.truncate(MAX_CANDIDATES);
-    let mut best: Option<((usize, bool, u64), ContentHash, u64)> = None;
-    for &&(path, hash, size) in &candidates {
-        let Some(t) = traits_of(&hash) else { continue };
+    let mut best: Option<((usize, bool, bool, u64), ContentHash, u64)> = None;
+    for c in candidates {
+        let Some(t) = traits_of(&c.hash) else {
+            continue;
+        };
         let matches = mine.matches(&t);
         if matches < MIN_TRAIT_MATCHES {
             continue;
         }
-        // More traits, then the same name, then the closer size.
         let score = (
             matches,
-            path.file_name() == f.path.file_name(),
-            u64::MAX - size.abs_diff(f.size),
+            c.vacated,
+            c.path.file_name() == f.path.file_name(),
+            u64::MAX - c.size.abs_diff(f.size),
         );
         if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            best = Some((score, hash, size));
+            best = Some((score, c.hash, c.size));
         }
     }
     best.map(|(_, h, s)| (h, s))
@@ -199,6 +218,33 @@ mod tests {
                 size: c.len() as u64,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_file_split_off_starts_from_the_file_it_came_from() {
+        // v2 keeps "lib/big.js" (edited) and adds "lib/part.js", split off
+        // from it: the new path starts from the old big file, which is
+        // still at its path (no file vacated one).
+        let v1 = manifest(1, &[("lib/big.js", "BIG1"), ("lib/x.js", "X")]);
+        let files = new(&[
+            ("lib/big.js", "BIG2"),
+            ("lib/part.js", "PART"),
+            ("lib/x.js", "X"),
+        ]);
+        let mut traits = |c: &ContentHash| -> Option<Traits> {
+            let similar = [h("BIG1"), h("BIG2"), h("PART")].contains(c);
+            Some(Traits(if similar {
+                [9u8; 16]
+            } else {
+                [c.0[0] & 63; 16]
+            }))
+        };
+        let plans = plan_needs(&files, &[&v1], WINDOW, &mut traits);
+        let part = plans
+            .iter()
+            .find(|p| p.path.as_str() == "lib/part.js")
+            .expect("the split-off file has a base");
+        assert_eq!(part.base, h("BIG1"));
     }
 
     #[test]
