@@ -1,7 +1,7 @@
 //! Step 5 of a publish: needs lists (and their packs) against the previous
 //! versions' contents.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -76,6 +76,7 @@ pub(super) enum NeedsStep {
 pub(super) fn needs_lists(
     staging: &Staging<'_>,
     pairs: &[((ContentHash, ContentHash), u64)],
+    newest: &HashSet<(ContentHash, ContentHash)>,
     sizes: &HashMap<ContentHash, u64>,
     stored: &HashMap<ContentHash, Stored>,
     sources: &HashMap<ContentHash, &Path>,
@@ -194,7 +195,14 @@ pub(super) fn needs_lists(
         let whole = stored
             .get(&target)
             .map_or(len_of(&target), |s| s.whole_download_bytes(len_of(&target)));
-        write_needs(staging, nf, whole, opts)
+        // The list from the previous version is the one most receivers
+        // use: compressed hardest, while that stays affordable.
+        let level = if newest.contains(&(base, target)) && len_of(&target) <= NEWEST_MAX {
+            opts.pack_level.max(NEWEST_LEVEL)
+        } else {
+            opts.pack_level
+        };
+        write_needs(staging, nf, whole, level, opts)
     })?;
     tracing::debug!(
         pairs = pairs.len(),
@@ -213,6 +221,16 @@ pub(super) fn needs_lists(
         })
         .collect()
 }
+
+/// zstd level of the packs of needs lists from the previous version (most
+/// receivers are one version behind), for targets of at most
+/// [`NEWEST_MAX`] bytes: on text edited throughout, level 19 sends two
+/// thirds of what level 9 does (TypeScript's 9 MB `typescript.js`:
+/// 665 kB against 1,009 kB), at about 1 s per MB of one core.
+pub(super) const NEWEST_LEVEL: i32 = 19;
+/// Largest target whose list from the previous version gets
+/// [`NEWEST_LEVEL`].
+pub(super) const NEWEST_MAX: u64 = 16 << 20;
 
 /// Pieces whose runs are hashed together, read from one content.
 pub(super) const HASH_BATCH: u64 = 8;
@@ -330,6 +348,7 @@ pub(super) fn write_needs(
     staging: &Staging<'_>,
     mut nf: NeedsFile,
     whole: u64,
+    level: i32,
     opts: &PublishOptions,
 ) -> anyhow::Result<NeedsOutcome> {
     let lib = staging.library();
@@ -342,7 +361,7 @@ pub(super) fn write_needs(
             &nf,
             &content,
             Some(&base_content),
-            opts.pack_level,
+            level,
             opts.threads,
         )?;
         nf.pack = packed.as_ref().map(|(p, _)| p.clone());
@@ -481,7 +500,13 @@ pub(super) fn make_needs(
         .filter(|m| m.2 > drop_lag(opts.threads))
         .map(|m| (m.0, m.1))
         .collect();
-    let made = needs_lists(&staging, &pairs, &sizes, sig_refs, &sources, opts)?;
+    let newest_version = previous.iter().map(|m| m.version).max();
+    let newest: HashSet<(ContentHash, ContentHash)> = plans
+        .iter()
+        .filter(|p| newest_version.is_some_and(|v| p.base_versions.contains(&v)))
+        .map(|p| (p.base, p.target))
+        .collect();
+    let made = needs_lists(&staging, &pairs, &newest, &sizes, sig_refs, &sources, opts)?;
     staging.commit()?;
     let mut made_by_pair: HashMap<(ContentHash, ContentHash), NeedsOutcome> = HashMap::new();
     let (mut written, mut reused, mut skipped) = (0, 0, 0);
