@@ -146,7 +146,9 @@ fn most_similar(
     let mut candidates: Vec<&Candidate<'_>> = all.iter().collect();
     candidates.sort_by_key(|c| c.size.abs_diff(f.size));
     candidates.truncate(MAX_CANDIDATES);
-    let mut best: Option<((usize, bool, bool, u64), ContentHash, u64)> = None;
+    // (equal traits, vacated, same name, closeness of size)
+    type Score = (usize, bool, bool, u64);
+    let mut best: Option<(Score, ContentHash, u64)> = None;
     for c in candidates {
         let Some(t) = traits_of(&c.hash) else {
             continue;

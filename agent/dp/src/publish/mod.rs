@@ -41,7 +41,7 @@ mod scan;
 mod store;
 mod version;
 
-use bundles::{BUNDLE_LEVEL, make_bundles};
+use bundles::{BUNDLE_LEVEL, FAR_BUNDLE_LEVEL, make_bundles};
 use needs::make_needs;
 use scan::{Scanned, find_contents, scan};
 use store::store_all;
@@ -200,6 +200,7 @@ pub fn publish(lib: &Library, opts: &PublishOptions) -> anyhow::Result<PublishSu
         &previous.manifests,
         opts.threads,
         if opts.pack_level > 0 { BUNDLE_LEVEL } else { 0 },
+        FAR_BUNDLE_LEVEL.min(BUNDLE_LEVEL).max(opts.pack_level),
     )?;
     let bundle_seconds = t.elapsed().as_secs_f64();
 
