@@ -109,6 +109,22 @@ fn source(
     }
 }
 
+/// The source of a content for an agent in a subnet, from its own plan:
+/// a content it would get whole may have a needs list whose base a peer
+/// holds (the base is copied over the LAN first, [`crate::transfer::
+/// Transfer::want_base_copy`]; if no peer has it, the content goes whole
+/// after all), so the cheapest needs list is tried instead.
+pub fn in_subnet(f: &FileEntry, source: Source) -> Source {
+    match source {
+        Source::Pieces | Source::Small => f
+            .needs
+            .iter()
+            .min_by_key(|n| n.download_bytes())
+            .map_or(source, |n| Source::Delta(n.clone())),
+        s => s,
+    }
+}
+
 impl ContentPlan {
     /// Bytes this content costs the WAN, when known before transferring
     /// (`None` for client-side RDC).

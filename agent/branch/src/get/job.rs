@@ -395,15 +395,10 @@ impl Job {
                 self.held += f.size;
                 continue;
             }
-            // In a subnet, a base we lack may be on a peer (copied over the
-            // LAN first; if none has it, the content goes whole after all).
-            let source = match p.source {
-                Source::Pieces | Source::Small if self.io.net.is_some() => f
-                    .needs
-                    .iter()
-                    .min_by_key(|n| n.download_bytes())
-                    .map_or(p.source, |n| Source::Delta(n.clone())),
-                s => s,
+            let source = if self.io.net.is_some() {
+                getplan::in_subnet(f, p.source)
+            } else {
+                p.source
             };
             todo += f.size;
             self.queue.push_back((p.hash, (*f).clone(), source));
