@@ -36,16 +36,18 @@
 //!    version directory, and every file a manifest names is durable before it.
 
 mod bundles;
+mod known;
 mod needs;
 mod scan;
 mod store;
 mod version;
 
 use bundles::{BUNDLE_LEVEL, FAR_BUNDLE_LEVEL, make_bundles};
+use known::Previous;
 use needs::make_needs;
 use scan::{Scanned, find_contents, scan};
 use store::store_all;
-use version::{Previous, recover, write_new_version};
+use version::{recover, write_new_version};
 #[cfg(test)]
 mod tests;
 

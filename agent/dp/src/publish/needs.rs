@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::Context;
-use peerdelta_protocol::manifest::{Manifest, NeedsRef, PiecesRef, RelPath};
-use peerdelta_protocol::needs::{Need, compare, summarize};
+use peerdelta_protocol::manifest::{Manifest, NeedsRef, RelPath};
+use peerdelta_protocol::needs::{compare, summarize};
 use peerdelta_protocol::needsfile::{NeedsFile, PlannedRun};
 use peerdelta_protocol::publish::{NeedsPlan, NewFile, plan_needs};
 use peerdelta_protocol::rdc::{ReadAt, Signature, Traits, sigfile, similarity};
@@ -20,8 +20,9 @@ use peerdelta_store::fsutil::FileSource;
 use peerdelta_store::util::par_map;
 
 use super::PublishOptions;
+use super::known::{Stored, piece_hash, pieces_hashes};
 use super::scan::Scanned;
-use super::store::{Stored, drop_lag, pack_file};
+use super::store::{drop_lag, pack_file};
 
 /// Level-1 signatures of a stored content.
 pub(super) fn level1(lib: &Library, hash: &ContentHash) -> anyhow::Result<Vec<Signature>> {
@@ -385,61 +386,6 @@ pub(super) fn write_needs(
     }
     staging.write_new(&layout::needs(&nf.base, &nf.target), &bytes)?;
     Ok(NeedsOutcome::Written(info))
-}
-
-/// The hash of the run `offset..offset + len` of a content of `len_all`
-/// bytes if it is one of its pieces, `aligned` (from [`pieces_hashes`]).
-pub(super) fn piece_hash(
-    aligned: &[ContentHash],
-    len_all: u64,
-    offset: u64,
-    len: u64,
-) -> Option<ContentHash> {
-    aligned
-        .get(needsfile::piece_index(offset, len, len_all)?)
-        .copied()
-}
-
-/// The run hashes of a content's pieces file (its [`needsfile::MAX_RUN`]-aligned
-/// runs), which needs lists to it reuse, if the file is the one `known`
-/// names; none otherwise (the needs lists then hash all their runs).
-pub(super) fn pieces_hashes(
-    lib: &Library,
-    target: &ContentHash,
-    target_len: u64,
-    known: Option<&PiecesRef>,
-) -> Vec<ContentHash> {
-    let Some(known) = known.filter(|_| target_len > needsfile::MAX_RUN) else {
-        return Vec::new();
-    };
-    let path = lib.path(&layout::needs(&ContentHash::EMPTY, target));
-    let unusable = |why: &dyn std::fmt::Display| {
-        tracing::warn!("{}: {why}; hashing instead", path.display());
-        Vec::new()
-    };
-    let nf = match fs::read(&path) {
-        Err(e) => return unusable(&e),
-        Ok(bytes) if ContentHash::of(&bytes) != known.file_hash => {
-            return unusable(&"not the pieces file the manifests name");
-        }
-        Ok(bytes) => match needsfile::decode(&bytes) {
-            Ok(nf) => nf,
-            Err(e) => return unusable(&e),
-        },
-    };
-    let planned = needsfile::plan_runs(&[Need::Source {
-        offset: 0,
-        len: target_len,
-    }]);
-    let aligned = nf.target == *target
-        && nf.target_len == target_len
-        && nf.runs.len() == planned.len()
-        && (nf.runs.iter().zip(&planned))
-            .all(|(r, p)| r.source == p.source && u64::from(r.len) == p.len);
-    if !aligned {
-        return unusable(&"not the content's runs of one MiB");
-    }
-    nf.runs.iter().map(|r| r.hash).collect()
 }
 
 pub(super) fn needs_ref(plan: &NeedsPlan, info: &NeedsInfo) -> NeedsRef {

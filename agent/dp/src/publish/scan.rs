@@ -19,9 +19,7 @@ use peerdelta_store::progress::Progress;
 use peerdelta_store::util::par_map;
 
 use super::PublishOptions;
-use super::needs::pieces_hashes;
-use super::store::BIG_FILE;
-use super::version::Previous;
+use super::known::{BIG_FILE, Previous, pieces_hashes};
 
 pub(super) struct Scanned {
     pub(super) rel: RelPath,

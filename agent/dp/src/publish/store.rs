@@ -21,7 +21,7 @@ use peerdelta_store::fsutil::{
 use peerdelta_store::progress::Progress;
 use peerdelta_store::util::par_map;
 
-use super::needs::piece_hash;
+use super::known::{BIG_FILE, Stored, piece_hash};
 use super::scan::{Scanned, Stamp, unchanged};
 use super::{PIECES_LEVEL, PublishOptions};
 
@@ -40,32 +40,10 @@ pub(super) fn drop_lag(threads: usize) -> u64 {
     DROP_LAG.max((2 * threads as u64 + 2) * DEFAULT_PIECE_LEN)
 }
 
-/// Files at least this large are mostly not hashed before they are stored
-/// (they are compared with recent contents run by run, or copied first; the
-/// module doc, step 3, has the exceptions), and are signed one at a time on
-/// all cores; smaller ones are hashed and signed several at once, one core
-/// each.
-pub(super) const BIG_FILE: u64 = 32 << 20;
-
 /// Contents up to this size are read whole, then written and signed from
 /// memory; larger ones are signed from the copy while it is being written.
 /// At least [`needsfile::MAX_RUN`]: compressed copies are made of these.
 pub(super) const IN_MEMORY: u64 = 4 << 20;
-
-/// What the library holds for a content besides its bytes.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Stored {
-    pub(super) sig: SigRef,
-    pub(super) pieces: Option<PiecesRef>,
-    pub(super) zst_len: Option<u64>,
-}
-
-impl Stored {
-    /// Bytes a whole download of the content (of `size` bytes) takes.
-    pub(super) fn whole_download_bytes(&self, size: u64) -> u64 {
-        peerdelta_protocol::getplan::whole_download_bytes(size, self.pieces.as_ref(), self.zst_len)
-    }
-}
 
 /// The signature and pieces references of a content the library already
 /// holds, if it does.

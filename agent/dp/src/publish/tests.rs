@@ -7,7 +7,8 @@ use peerdelta_protocol::manifest::PiecesRef;
 use peerdelta_protocol::rdc::LevelParams;
 use peerdelta_protocol::{ContentHash, layout, needsfile};
 
-use super::needs::{PieceReader, pieces_hashes};
+use super::known::pieces_hashes;
+use super::needs::PieceReader;
 use super::scan::{Stamp, hash_file, unchanged};
 use super::store::{copy_signing, write_pieces};
 use super::*;

@@ -11,7 +11,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use peerdelta_protocol::bundle::BUNDLE_VERSIONS;
 use peerdelta_protocol::manifest::{
     self, BundleRef, Entry, EntryKind, FileEntry, IndexEntry, MANIFEST_MAGIC, Manifest,
-    ManifestDelta, NeedsRef, PackageIndex, PackageName, PiecesRef, RelPath,
+    ManifestDelta, NeedsRef, PackageIndex, PackageName, RelPath,
 };
 use peerdelta_protocol::rdc::LevelParams;
 use peerdelta_protocol::{ContentHash, layout};
@@ -20,8 +20,8 @@ use crate::library::Library;
 use peerdelta_store::fsutil::{create_synced, sync_dir};
 use peerdelta_store::util::now_ms;
 
+use super::known::Stored;
 use super::scan::Scanned;
-use super::store::{BIG_FILE, Stored};
 
 /// The index of a package's first version (generation 0: signing makes it 1).
 pub(super) fn new_index(package: &PackageName, versions: Vec<IndexEntry>) -> PackageIndex {
@@ -84,24 +84,6 @@ pub(super) fn recover(
         recovered.push(v);
     }
     Ok((index, recovered))
-}
-
-/// The newest `depth` manifests of the package, newest first.
-pub(super) fn previous_manifests(
-    lib: &Library,
-    package: &PackageName,
-    index: Option<&PackageIndex>,
-    key: &VerifyingKey,
-    depth: usize,
-) -> anyhow::Result<Vec<Manifest>> {
-    let Some(index) = index else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for e in index.versions.iter().rev().take(depth) {
-        out.push(lib.manifest(package, e.version, key)?.0);
-    }
-    Ok(out)
 }
 
 /// Renames a complete version directory into place.
@@ -195,53 +177,6 @@ pub(super) fn write_version(
     fs::rename(&tmp, &dest)
         .with_context(|| format!("moving {} to {}", tmp.display(), dest.display()))?;
     sync_dir(&parent)
-}
-
-/// What the previous versions give a publish: their manifests (needs lists
-/// start from them), the library references of their contents (reused, not
-/// recomputed), and their large contents by size (a large file of one of
-/// those sizes is recognised by its runs).
-pub(super) struct Previous {
-    pub(super) manifests: Vec<Manifest>,
-    pub(super) known: HashMap<ContentHash, Stored>,
-    pub(super) held_by_size: HashMap<u64, Vec<(ContentHash, Option<PiecesRef>)>>,
-}
-
-impl Previous {
-    /// The previous versions (the window) of `package`.
-    pub(super) fn load(
-        lib: &Library,
-        package: &PackageName,
-        index: Option<&PackageIndex>,
-        public: &VerifyingKey,
-        depth: usize,
-    ) -> anyhow::Result<Previous> {
-        // Previous versions: their signature references can be reused, and a
-        // large file that one of them holds is recognised by its runs.
-        let manifests = previous_manifests(lib, package, index, public, depth)?;
-        let mut known: HashMap<ContentHash, Stored> = HashMap::new();
-        let mut held_by_size: HashMap<u64, Vec<(ContentHash, Option<PiecesRef>)>> = HashMap::new();
-        for m in &manifests {
-            for (_, f) in m.files() {
-                let stored = Stored {
-                    sig: f.sig,
-                    pieces: f.pieces,
-                    zst_len: f.zst_len,
-                };
-                if known.insert(f.hash, stored).is_none() && f.size >= BIG_FILE {
-                    held_by_size
-                        .entry(f.size)
-                        .or_default()
-                        .push((f.hash, f.pieces));
-                }
-            }
-        }
-        Ok(Previous {
-            manifests,
-            known,
-            held_by_size,
-        })
-    }
 }
 
 /// Step 6: the manifest of the new version (every path, mode, content,
