@@ -928,7 +928,6 @@ fn a_receiver_five_versions_behind_gets_one_delta_by_default() {
     run_ok(get_cmd(&url, &s.lib, &cache).args(["--version", "1"]));
     let (m6, _) = library_manifest(&s.lib, "app", 6);
     let (m1, _) = library_manifest(&s.lib, "app", 1);
-    let held: HashSet<ContentHash> = m1.files().map(|(_, f)| f.hash).collect();
     let p0 = metric(&server.addr, PAYLOAD);
     let out = s.dir.path().join("out");
     let summary = json(&run_ok(
@@ -950,20 +949,7 @@ fn a_receiver_five_versions_behind_gets_one_delta_by_default() {
         "big.bin has a needs list from v1"
     );
     // Exactly what the plan says, with the bundle from v1.
-    let index = library_index(&s.lib, "app");
-    let manifest = index.0.get(6).unwrap().manifest_fetch(|v| v == 1).len();
-    let want = index.1
-        + manifest
-        + getplan::download_bytes_with_bundle(
-            &m6,
-            |h| held.contains(h),
-            |v| v == 1,
-            |b| {
-                let bytes = fs::read(s.lib.join(layout::bundle(&b.hash))).ok()?;
-                let bundle = peerdelta_protocol::bundle::decode(&bytes).ok()?;
-                Some(bundle.entries.iter().map(|e| e.target).collect())
-            },
-        );
+    let want = expected_bytes(&s.lib, &m6, std::slice::from_ref(&m1));
     assert_eq!(fetched, want, "{summary}");
     eprintln!("v1 -> v6: {fetched} B from the DP, {summary}");
 }
